@@ -1,0 +1,3 @@
+from vqflow.cli import main
+
+raise SystemExit(main())
