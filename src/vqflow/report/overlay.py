@@ -1,0 +1,80 @@
+"""Heatmap overlays with ground-truth contours, and a plain PNG writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from vqflow.errors import VQFlowError
+
+CONTOUR_RGB = (255, 255, 255)
+HEATMAP_ALPHA = 0.5
+
+
+def mask_contour(mask: np.ndarray) -> np.ndarray:
+    """Inner boundary of a binary mask: mask pixels with a 4-neighbour outside the mask.
+
+    Pixels on the image border count as boundary only where the mask has a 4-neighbour
+    inside the image that is background (the frame edge itself is not a contour).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
+    return mask & ~eroded
+
+
+def _resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to (H, W) so it lines up with the image."""
+    img = Image.fromarray(np.ascontiguousarray(amap, dtype=np.float32))
+    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+
+
+def overlay(
+    image_uint8: np.ndarray,
+    amap: np.ndarray,
+    mask: np.ndarray | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> np.ndarray:
+    """Blend a turbo-coloured anomaly map over an image; draw the mask outline in white.
+
+    `vmin`/`vmax` fix the colour range (pass the same values for images that should be
+    compared); by default the map's own min and max are used. Returns (H, W, 3) uint8.
+    """
+    image = np.asarray(image_uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise VQFlowError(f"overlay: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    amap = np.asarray(amap, dtype=np.float32)
+    if amap.shape != image.shape[:2]:
+        amap = _resize_map(amap, image.shape[:2])
+    lo = float(np.nanmin(amap)) if vmin is None else float(vmin)
+    hi = float(np.nanmax(amap)) if vmax is None else float(vmax)
+    scaled = np.clip((amap - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(amap)
+    colours = matplotlib.colormaps["turbo"](np.nan_to_num(scaled))[..., :3] * 255.0
+    blended = (1.0 - HEATMAP_ALPHA) * image.astype(np.float32) + HEATMAP_ALPHA * colours
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape[:2]:
+            raise VQFlowError(f"overlay: mask shape {mask.shape} differs from image {image.shape[:2]}")
+        out[mask_contour(mask)] = CONTOUR_RGB
+    return out
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """Write an (H, W) or (H, W, 3) uint8 array as a PNG (parent folders are created)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise VQFlowError(f"save_png: {path}: need (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,158 @@
+"""Matplotlib figures of the report (ROC, PRO, score histograms, concepts, code usage)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vqflow.report.concepts import ConceptTable, usage_stats  # noqa: E402
+
+DPI = 90
+NORMAL_COLOUR = "#4c78a8"
+ANOMALY_COLOUR = "#e45756"
+PIXEL_COLOUR = "#f58518"
+INK = "#333333"
+
+plt.rcParams.update(
+    {
+        "font.size": 8,
+        "axes.titlesize": 9,
+        "axes.edgecolor": "#888888",
+        "axes.labelcolor": INK,
+        "xtick.color": INK,
+        "ytick.color": INK,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Save a figure as PNG and free it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int, panel_w: float = 2.5, panel_h: float = 2.3, max_cols: int = 5):
+    """A figure with n small-multiple axes (extra axes hidden); returns (fig, axes list)."""
+    cols = max(1, min(max_cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _empty_panel(ax: plt.Axes, title: str, text: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", color="#999999", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def roc_figure(curves: dict[str, dict], path: Path) -> Path:
+    """Per-class ROC panels: image ROC (solid) and, where available, pixel ROC (dashed).
+
+    `curves[cls]` has "image": (fpr, tpr) or None, "pixel": (fpr, tpr) or None, "title".
+    """
+    fig, axes = _grid(len(curves))
+    for ax, (name, c) in zip(axes, curves.items()):
+        if c["image"] is None and c["pixel"] is None:
+            _empty_panel(ax, name, "no anomalous\ntest images")
+            continue
+        ax.plot([0, 1], [0, 1], color="#cccccc", lw=0.8)
+        if c["image"] is not None:
+            ax.plot(*c["image"], color=NORMAL_COLOUR, lw=1.6, label="image")
+        if c["pixel"] is not None:
+            ax.plot(*c["pixel"], color=PIXEL_COLOUR, lw=1.2, ls="--", label="pixel")
+        ax.set_title(c["title"])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("FPR")
+        ax.set_ylabel("TPR")
+        ax.legend(loc="lower right", frameon=False, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pro_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], fpr_limit: float, path: Path) -> Path:
+    """Per-class PRO panels on FPR in [0, fpr_limit] (the AUPRO integration range)."""
+    fig, axes = _grid(len(curves))
+    for ax, (name, (fpr, pro, title)) in zip(axes, curves.items()):
+        if fpr.size == 0:
+            _empty_panel(ax, name, "no defect regions")
+            continue
+        ax.plot(fpr, pro, color=ANOMALY_COLOUR, lw=1.6)
+        ax.set_xlim(0, fpr_limit)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+        ax.set_xlabel("FPR")
+        ax.set_ylabel("PRO")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def histogram_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Per-class histograms of image scores, normal vs anomalous, on shared bins."""
+    fig, axes = _grid(len(scores), panel_h=2.0)
+    for ax, (name, (normal, anomalous)) in zip(axes, scores.items()):
+        both = np.concatenate([normal, anomalous])
+        lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
+        if normal.size:
+            ax.hist(normal, bins=bins, color=NORMAL_COLOUR, alpha=0.65, label=f"normal ({normal.size})")
+        if anomalous.size:
+            ax.hist(anomalous, bins=bins, color=ANOMALY_COLOUR, alpha=0.65, label=f"anomalous ({anomalous.size})")
+        ax.set_title(name)
+        ax.set_xlabel("image score")
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def concept_heatmap(table: ConceptTable, path: Path) -> Path:
+    """Class x concept heatmap (colour = share of the class's images; text = count)."""
+    counts = table.counts
+    rows, cols = counts.shape
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(min(1.6 + 0.38 * cols, 16), 0.8 + 0.3 * rows))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(cols), [str(c) for c in table.concept_ids], fontsize=7)
+    ax.set_yticks(range(rows), table.class_names, fontsize=7)
+    ax.set_xlabel("CPC concept")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if rows * cols <= 900:
+        for i in range(rows):
+            for j in range(cols):
+                if counts[i, j]:
+                    colour = "white" if share[i, j] > 0.55 else INK
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6, color=colour)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def usage_figure(code_usage: dict[str, np.ndarray], path: Path) -> Path:
+    """Per codebook level, usage counts sorted from most to least used."""
+    fig, axes = _grid(len(code_usage), panel_w=3.0, panel_h=2.0)
+    for ax, (level, counts) in zip(axes, code_usage.items()):
+        counts = np.sort(np.asarray(counts, dtype=np.float64).ravel())[::-1]
+        stats = usage_stats(counts)
+        ax.bar(np.arange(counts.size), counts, width=1.0, color=NORMAL_COLOUR, linewidth=0)
+        ax.set_title(f"{level}: {stats.used}/{stats.size} used, ppl {stats.perplexity:.1f}")
+        ax.set_xlabel("code (sorted by use)")
+        ax.set_ylabel("count")
+        ax.set_xlim(-0.5, max(counts.size, 1) - 0.5)
+    fig.tight_layout()
+    return _save(fig, path)
