@@ -116,7 +116,7 @@ def test_logdet_equals_autograd_jacobian(name: str) -> None:
         return torch.cat([y.flatten(1) for y in ys], dim=1)
 
     flat = torch.cat([x.flatten(1) for x in xs], dim=1)
-    jac = torch.autograd.functional.jacobian(flat_map, flat)  # (B, D, B, D)
+    jac = torch.autograd.functional.jacobian(flat_map, flat, vectorize=True)  # (B, D, B, D)
     _, logdet = run_forward(case, block, xs, cond)
     for b in range(B):
         sign, logabsdet = torch.linalg.slogdet(jac[b, :, b, :])
