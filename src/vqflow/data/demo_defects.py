@@ -77,7 +77,7 @@ def hole(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[
     cavity = depth + 0.04 * rng.standard_normal(img.shape[:2])[:, :, None]
     out = _blend(img, np.repeat(cavity, 3, axis=2), alpha)
     rim = np.clip(gaussian_filter(alpha, 2.0) - alpha, 0.0, 1.0) * 0.6
-    return _blend(out, np.ones_like(img), rim), alpha > 0.5
+    return _blend(out, np.ones_like(img), rim), (alpha > 0.5) | (rim > 0.1)
 
 
 def cut(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +86,7 @@ def cut(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[n
     alpha = _stroke((h, w), rng, int(rng.integers(3, 7)), 2, rng.uniform(40, 120))
     edge = np.roll(alpha, shift=(2, 2), axis=(0, 1)) * (1.0 - alpha) * rng.uniform(0.2, 0.5)
     out = _blend(img, np.full_like(img, rng.uniform(0.0, 0.15)), alpha * rng.uniform(0.7, 1.0))
-    return _blend(out, np.ones_like(img), edge), alpha > 0.5
+    return _blend(out, np.ones_like(img), edge), (alpha > 0.5) | (edge > 0.1)
 
 
 def foreign(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
