@@ -2,6 +2,7 @@
 
 from vqflow.metrics.exact import (
     aupro,
+    exact_pixel_metrics,
     f1_max,
     image_ap,
     image_auroc,
@@ -19,6 +20,7 @@ __all__ = [
     "PixelMetrics",
     "aupro",
     "compute_class_metrics",
+    "exact_pixel_metrics",
     "f1_max",
     "image_ap",
     "image_auroc",

@@ -6,7 +6,7 @@ import numpy as np
 
 from vqflow.errors import VQFlowError
 from vqflow.metrics._checks import check_masks_maps
-from vqflow.metrics.exact import aupro, f1_max, image_ap, image_auroc, pixel_ap, pixel_auroc, pixel_f1max
+from vqflow.metrics.exact import exact_pixel_metrics, f1_max, image_ap, image_auroc
 from vqflow.metrics.streaming import DEFAULT_BINS, PixelMetrics
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1max")
@@ -44,12 +44,7 @@ def compute_class_metrics(
     if len(a) != len(np.asarray(scores).reshape(-1)):
         raise VQFlowError(f"maps: {len(a)} maps for {np.asarray(scores).size} image scores; pass one map per image")
     if exact:
-        result.update(
-            pixel_auroc=pixel_auroc(m, a),
-            pixel_ap=pixel_ap(m, a),
-            pixel_f1max=pixel_f1max(m, a),
-            aupro=aupro(m, a, fpr_limit),
-        )
+        result.update(exact_pixel_metrics(m, a, fpr_limit))
         return result
     accumulator = PixelMetrics(float(a.min()), float(a.max()), num_bins=num_bins, fpr_limit=fpr_limit)
     for start in range(0, len(a), _CHUNK):
