@@ -33,19 +33,27 @@ plt.rcParams.update(
 )
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Save a figure as PNG and free it."""
+def _save(fig: plt.Figure, path: Path, tight: bool = False) -> Path:
+    """Save a figure as PNG and free it (`tight` crops to content: a second, slow draw)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
     plt.close(fig)
     return path
 
 
-def _grid(n: int, panel_w: float = 2.5, panel_h: float = 2.3, max_cols: int = 5):
-    """A figure with n small-multiple axes (extra axes hidden); returns (fig, axes list)."""
+def _grid(n: int, panel_w: float = 2.5, panel_h: float = 2.3, max_cols: int = 5, hspace: float = 0.75):
+    """A figure with n small-multiple axes (extra axes hidden); returns (fig, axes list).
+
+    Fixed spacing instead of tight_layout: the layout pass is the slow part of drawing.
+    """
     cols = max(1, min(max_cols, n))
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows), squeeze=False)
+    width, height = panel_w * cols + 0.3, panel_h * rows + 0.3
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(
+        left=0.6 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.5 / height,
+        wspace=0.45, hspace=hspace,
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -81,7 +89,6 @@ def roc_figure(curves: dict[str, dict], path: Path) -> Path:
         ax.set_xlabel("FPR")
         ax.set_ylabel("TPR")
         ax.legend(loc="lower right", frameon=False, fontsize=7)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -98,7 +105,6 @@ def pro_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], fpr_limit:
         ax.set_title(title)
         ax.set_xlabel("FPR")
         ax.set_ylabel("PRO")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -109,14 +115,13 @@ def histogram_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         both = np.concatenate([normal, anomalous])
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
-        if normal.size:
-            ax.hist(normal, bins=bins, color=NORMAL_COLOUR, alpha=0.65, label=f"normal ({normal.size})")
-        if anomalous.size:
-            ax.hist(anomalous, bins=bins, color=ANOMALY_COLOUR, alpha=0.65, label=f"anomalous ({anomalous.size})")
+        for values, colour, label in ((normal, NORMAL_COLOUR, "normal"), (anomalous, ANOMALY_COLOUR, "anomalous")):
+            if values.size:
+                counts, _ = np.histogram(values, bins=bins)
+                ax.stairs(counts, bins, fill=True, color=colour, alpha=0.6, label=f"{label} ({values.size})")
         ax.set_title(name)
         ax.set_xlabel("image score")
-        ax.legend(frameon=False, fontsize=7)
-    fig.tight_layout()
+        ax.legend(loc="upper right", frameon=False, fontsize=7)
     return _save(fig, path)
 
 
@@ -139,8 +144,7 @@ def concept_heatmap(table: ConceptTable, path: Path) -> Path:
                 if counts[i, j]:
                     colour = "white" if share[i, j] > 0.55 else INK
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6, color=colour)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 def usage_figure(code_usage: dict[str, np.ndarray], path: Path) -> Path:
@@ -149,10 +153,9 @@ def usage_figure(code_usage: dict[str, np.ndarray], path: Path) -> Path:
     for ax, (level, counts) in zip(axes, code_usage.items()):
         counts = np.sort(np.asarray(counts, dtype=np.float64).ravel())[::-1]
         stats = usage_stats(counts)
-        ax.bar(np.arange(counts.size), counts, width=1.0, color=NORMAL_COLOUR, linewidth=0)
+        ax.stairs(counts, np.arange(counts.size + 1) - 0.5, fill=True, color=NORMAL_COLOUR)
         ax.set_title(f"{level}: {stats.used}/{stats.size} used, ppl {stats.perplexity:.1f}")
         ax.set_xlabel("code (sorted by use)")
         ax.set_ylabel("count")
         ax.set_xlim(-0.5, max(counts.size, 1) - 0.5)
-    fig.tight_layout()
     return _save(fig, path)
