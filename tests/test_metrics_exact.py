@@ -70,6 +70,13 @@ def test_pixel_metrics_match_sklearn_with_empty_masks(seed: int) -> None:
     assert pixel_f1max(masks, maps) == pytest.approx(sklearn_f1max(y, s), abs=1e-12)
 
 
+def test_pixel_metrics_accept_channel_axis_and_float_masks() -> None:
+    rng = np.random.default_rng(9)
+    masks = (rng.random((3, 1, 6, 6)) > 0.7).astype(np.float32)  # as in vqflow Batch.mask
+    maps = rng.random((3, 1, 6, 6))
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel() > 0, maps.ravel()), abs=1e-12)
+
+
 def test_pixel_metrics_without_anomalous_pixels() -> None:
     masks = np.zeros((2, 4, 4))
     maps = np.random.default_rng(0).random((2, 4, 4))

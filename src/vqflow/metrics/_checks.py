@@ -30,10 +30,15 @@ def check_labels_scores(labels: object, scores: object) -> tuple[np.ndarray, np.
 def check_masks_maps(masks: object, maps: object) -> tuple[np.ndarray, np.ndarray]:
     """Return (masks as bool (B,H,W), maps as float32/float64 (B,H,W)), or raise.
 
-    A single (H, W) pair is accepted as a batch of one; masks are binarised with > 0.
+    A single (H, W) pair is accepted as a batch of one, and (B, 1, H, W) as (B, H, W);
+    masks are binarised with > 0.
     """
     m = np.asarray(masks)
     a = np.asarray(maps)
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
     if m.ndim == 2:
         m = m[None]
     if a.ndim == 2:
