@@ -45,7 +45,7 @@ def make_data(with_masks: bool = True, with_concepts: bool = True, per_class: in
     for i in np.flatnonzero(labels):
         y, x = rng.integers(4, SIZE - 14, size=2)
         masks[i, y : y + 8, x : x + 10] = True
-    maps = (rng.random((n, SIZE, SIZE)) + 2.0 * masks).astype(np.float32)
+    maps = (rng.random((n, SIZE, SIZE)) + 0.6 * masks).astype(np.float32)
     concepts = rng.integers(0, 6, size=n) + 10 * np.array([CLASSES.index(c) % 2 for c in classes])
     return ReportData(
         title="synthetic run",

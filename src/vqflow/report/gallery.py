@@ -76,7 +76,7 @@ def class_gallery(
                 f'<span class="path" title="{html.escape(str(data.paths[i]))}">{base}</span></figcaption></figure>'
             )
         rows.append(f'<div class="row-label">{label}</div><div class="tiles">{"".join(tiles)}</div>')
-    scale = "" if vmin is None else f" · heatmap range {vmin:.4g} – {vmax:.4g}"
+    scale = "" if vmin is None else f" · heatmap range {vmin:.3g} – {vmax:.3g}"
     return (
         f'<div class="gallery"><h3 id="g-{class_index}">{html.escape(name)}'
         f'<span class="sub">{indices.size} images{scale}</span></h3>{"".join(rows)}</div>'

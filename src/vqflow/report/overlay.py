@@ -16,15 +16,20 @@ CONTOUR_RGB = (255, 255, 255)
 HEATMAP_ALPHA = 0.5
 
 
-def mask_contour(mask: np.ndarray) -> np.ndarray:
-    """Inner boundary of a binary mask: mask pixels with a 4-neighbour outside the mask.
-
-    Pixels on the image border count as boundary only where the mask has a 4-neighbour
-    inside the image that is background (the frame edge itself is not a contour).
+def mask_contour(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Inner boundary of a binary mask, `width` pixels thick (width 1: mask pixels with a
+    4-neighbour outside the mask). The image frame itself is not treated as a contour.
     """
     mask = np.asarray(mask, dtype=bool)
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=1)
+    cross = ndimage.generate_binary_structure(2, 1)
+    eroded = ndimage.binary_erosion(mask, structure=cross, iterations=max(1, width), border_value=1)
     return mask & ~eroded
+
+
+def contour_width(shape: tuple[int, ...]) -> int:
+    """Contour thickness that stays visible when a tile is shown at ~200 px: 1 px per 200 px
+    of the short side, rounded up (1 up to 200 px, 2 at 256 px)."""
+    return max(1, -(-min(shape[:2]) // 200))
 
 
 def _resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -39,11 +44,13 @@ def overlay(
     mask: np.ndarray | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    width: int | None = None,
 ) -> np.ndarray:
     """Blend a turbo-coloured anomaly map over an image; draw the mask outline in white.
 
     `vmin`/`vmax` fix the colour range (pass the same values for images that should be
-    compared); by default the map's own min and max are used. Returns (H, W, 3) uint8.
+    compared); by default the map's own min and max are used. `width` is the contour
+    thickness in pixels (default: contour_width of the image). Returns (H, W, 3) uint8.
     """
     image = np.asarray(image_uint8)
     if image.ndim == 2:
@@ -63,7 +70,7 @@ def overlay(
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape[:2]:
             raise VQFlowError(f"overlay: mask shape {mask.shape} differs from image {image.shape[:2]}")
-        out[mask_contour(mask)] = CONTOUR_RGB
+        out[mask_contour(mask, contour_width(mask.shape) if width is None else width)] = CONTOUR_RGB
     return out
 
 

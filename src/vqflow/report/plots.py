@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vqflow.report.concepts import ConceptTable, usage_stats  # noqa: E402
 
@@ -73,6 +74,7 @@ def roc_figure(curves: dict[str, dict], path: Path) -> Path:
     `curves[cls]` has "image": (fpr, tpr) or None, "pixel": (fpr, tpr) or None, "title".
     """
     fig, axes = _grid(len(curves))
+    legend_done = False
     for ax, (name, c) in zip(axes, curves.items()):
         if c["image"] is None and c["pixel"] is None:
             _empty_panel(ax, name, "no anomalous\ntest images")
@@ -85,10 +87,11 @@ def roc_figure(curves: dict[str, dict], path: Path) -> Path:
         ax.set_title(c["title"])
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
-        ax.set_aspect("equal")
         ax.set_xlabel("FPR")
         ax.set_ylabel("TPR")
-        ax.legend(loc="lower right", frameon=False, fontsize=7)
+        if not legend_done:  # one legend for all panels
+            ax.legend(loc="lower right", frameon=False, fontsize=7)
+            legend_done = True
     return _save(fig, path)
 
 
@@ -110,30 +113,31 @@ def pro_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], fpr_limit:
 
 def histogram_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
     """Per-class histograms of image scores, normal vs anomalous, on shared bins."""
-    fig, axes = _grid(len(scores), panel_h=2.0)
+    fig, axes = _grid(len(scores), panel_h=2.1)
     for ax, (name, (normal, anomalous)) in zip(axes, scores.items()):
         both = np.concatenate([normal, anomalous])
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
-        for values, colour, label in ((normal, NORMAL_COLOUR, "normal"), (anomalous, ANOMALY_COLOUR, "anomalous")):
+        for values, colour in ((normal, NORMAL_COLOUR), (anomalous, ANOMALY_COLOUR)):
             if values.size:
                 counts, _ = np.histogram(values, bins=bins)
-                ax.stairs(counts, bins, fill=True, color=colour, alpha=0.6, label=f"{label} ({values.size})")
-        ax.set_title(name)
+                ax.stairs(counts, bins, fill=True, color=colour, alpha=0.6)
+        ax.set_title(f"{name}\n{normal.size} normal · {anomalous.size} anomalous")
         ax.set_xlabel("image score")
-        ax.legend(loc="upper right", frameon=False, fontsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 
 def concept_heatmap(table: ConceptTable, path: Path) -> Path:
-    """Class x concept heatmap (colour = share of the class's images; text = count)."""
+    """Class x concept heatmap (colour = share of the class's images, scaled to the largest; text = count)."""
     counts = table.counts
     rows, cols = counts.shape
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(min(1.6 + 0.38 * cols, 16), 0.8 + 0.3 * rows))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(cols), [str(c) for c in table.concept_ids], fontsize=7)
-    ax.set_yticks(range(rows), table.class_names, fontsize=7)
+    fig, ax = plt.subplots(figsize=(min(1.8 + 0.45 * cols, 18), 1.0 + 0.4 * rows))
+    top = max(float(share.max()), 1e-9)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=top, aspect="auto")
+    ax.set_xticks(range(cols), [str(c) for c in table.concept_ids], fontsize=8)
+    ax.set_yticks(range(rows), table.class_names, fontsize=8)
     ax.set_xlabel("CPC concept")
     ax.tick_params(length=0)
     for spine in ax.spines.values():
@@ -142,8 +146,8 @@ def concept_heatmap(table: ConceptTable, path: Path) -> Path:
         for i in range(rows):
             for j in range(cols):
                 if counts[i, j]:
-                    colour = "white" if share[i, j] > 0.55 else INK
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6, color=colour)
+                    colour = "white" if share[i, j] > 0.6 * top else INK
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7.5, color=colour)
     return _save(fig, path, tight=True)
 
 

@@ -94,7 +94,7 @@ def _histogram_section(data: ReportData, groups: dict[str, np.ndarray], files: P
         '<section id="scores"><h2>Image score distributions</h2>'
         + _img(f"{FILES_DIR}/scores.png", "score histograms per class")
         + '<p class="caption">Normal (blue) vs anomalous (red) test images per class; '
-        "well separated humps mean a threshold exists.</p></section>"
+        "the less the two overlap, the better one threshold separates them.</p></section>"
     )
 
 
