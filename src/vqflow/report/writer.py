@@ -37,7 +37,8 @@ def _summary_cards(metrics: dict) -> str:
     means = metrics.get("mean") or {}
     cards = [("main", format_percent(summary_value(metrics)), "overall (mean of the metrics)")]
     for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
-        cards.append(("", format_percent(means.get(key)), f"mean {label}"))
+        if key == "image_auroc" or format_percent(means.get(key)) != "—":  # no empty pixel cards
+            cards.append(("", format_percent(means.get(key)), f"mean {label}"))
     return '<div class="cards">' + "".join(
         f'<div class="card {cls}"><div class="v">{v}</div><div class="k">{k}</div></div>' for cls, v, k in cards
     ) + "</div>"
@@ -65,7 +66,8 @@ def _curves_section(data: ReportData, groups: dict[str, np.ndarray], files: Path
                 pfpr, ppro, pro_source = pro_curve(data.masks[idx], data.maps[idx])
                 pros[name] = (pfpr, ppro, name)
         rocs[name] = {"image": image, "pixel": pixel, "title": "\n".join([parts[0], " · ".join(parts[1:])])}
-    out = ['<section id="curves"><h2>ROC and PRO curves</h2>']
+    heading = "ROC and PRO curves" if pros else "ROC curves"
+    out = [f'<section id="curves"><h2>{heading}</h2>']
     plots.roc_figure(rocs, files / "roc.png")
     out.append(_img(f"{FILES_DIR}/roc.png", "ROC curves per class"))
     caption = "Image-level ROC per class (solid; AUROC in the title)."
@@ -178,7 +180,8 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
         class_gallery(name, k, idx, data, files, FILES_DIR, GALLERY_PER_SIDE) for k, (name, idx) in enumerate(groups.items())
     )
     gallery_note = (
-        "Heatmap over the image (turbo: blue low, red high), ground-truth outline in white."
+        "Heatmap over the image (turbo: blue low, red high), ground-truth outline in white; "
+        "colour range shared within each class."
         if data.maps is not None
         else "No anomaly maps for this dataset: plain images shown."
     )
@@ -195,7 +198,7 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
         _curves_section(data, groups, files),
         _histogram_section(data, groups, files),
         f'<section id="galleries"><h2>Highest- and lowest-scored test images</h2><p class="caption">'
-        f"{gallery_note} Colour range shared within each class. Top border: red = anomalous, "
+        f"{gallery_note} Top border: red = anomalous, "
         f"green = normal (ground truth).</p>{galleries}</section>",
         _concept_section(data, files),
         _usage_section(data, files),
