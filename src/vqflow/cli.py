@@ -1,0 +1,170 @@
+"""The `vqflow` command: fit, test, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from vqflow import __version__
+from vqflow.errors import VQFlowError
+
+
+def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+    g = p.add_argument_group("configuration")
+    if data:
+        g.add_argument("--data", action="append", metavar="SPEC",
+                       help="mvtec:PATH, visa:PATH, folder:PATH, cifar10:PATH, fmnist[:PATH] or demo; repeatable")
+        g.add_argument("--classes", help="all, or NAME,NAME,... of a class-structured dataset")
+        g.add_argument("--normal", help="normal class ids of cifar10/fmnist, e.g. 0,1,2,3,4")
+    g.add_argument("--preset", choices=["fast", "reference"], help="model size preset (default fast)")
+    g.add_argument("--config", metavar="YAML", help="a config file; options given here override it")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vqflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train one model on the normal images of all classes")
+    _config_options(p)
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _common(p)
+
+    p = sub.add_parser("test", help="evaluate a run per class: metrics.json/.csv, scores.csv, report.html")
+    p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    _common(p)
+
+    p = sub.add_parser("predict", help="score new images: scores.csv, heatmaps, verdicts")
+    p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", required=True, help="folder for scores.csv and heatmaps")
+    p.add_argument("--device", default="auto")
+    _common(p)
+
+    p = sub.add_parser("demo", help="the embedded default: fast preset on the demo set, then test and report")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    _config_options(p, data=False)
+    _common(p)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
+    from vqflow import config
+
+    options: dict[str, Any] = {"train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device}
+    if data:
+        options["data.specs"] = args.data
+        if args.classes is not None:
+            options["data.classes"] = None if args.classes.strip().lower() == "all" else args.classes
+        options["data.normal"] = args.normal
+    return config.resolve(args.preset, args.config, args.set, **options)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from vqflow.engine.fit import fit
+
+    if args.resume and not args.data:
+        # Resume with the saved config unless the user restates it.
+        from vqflow import config
+        from vqflow.engine.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(Path(args.out) / "checkpoints" / "last.pt")["config"]
+        cfg = config.from_dict(saved)
+        if args.epochs is not None:
+            cfg.train.epochs = args.epochs
+    else:
+        if not args.data:
+            raise VQFlowError("fit needs --data SPEC (e.g. --data mvtec:/data/mvtec_ad, or --data demo)")
+        cfg = resolve_config(args)
+    fit(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    if not args.quiet:
+        print(f"trained model in {args.out}; evaluate with: vqflow test --run {args.out}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    from vqflow.report import format_table
+
+    print(format_table(metrics))
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from vqflow.engine.evaluate import evaluate
+
+    metrics = evaluate(args.run, device=args.device, quiet=args.quiet, report=not args.no_report)
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vqflow.engine.predict import predict
+
+    rows = predict(args.run, args.inputs, args.out, device=args.device, quiet=args.quiet)
+    failed = sum(1 for r in rows if r["error"])
+    print(f"{len(rows) - failed} image(s) scored, {failed} unreadable; results in {Path(args.out) / 'scores.csv'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vqflow.engine.evaluate import evaluate
+    from vqflow.engine.fit import fit
+
+    args.data, args.classes, args.normal = ["demo"], None, None
+    cfg = resolve_config(args)
+    out = Path(args.out)
+    resume = (out / "checkpoints" / "last.pt").exists() and not (out / "checkpoints" / "final.pt").exists()
+    if not (out / "checkpoints" / "final.pt").exists():
+        fit(cfg, out, resume=resume, quiet=args.quiet)
+    metrics = evaluate(out, device=args.device or "auto", quiet=args.quiet)
+    _print_metrics(metrics)
+    print(f"report: {(out / 'report.html').resolve()}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except VQFlowError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        from vqflow.engine.fit import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):
+            print(str(e), file=sys.stderr)
+            return 128 + e.signum
+        if args.debug or os.environ.get("VQFLOW_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    raise SystemExit(main())

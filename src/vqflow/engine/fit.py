@@ -1,0 +1,317 @@
+"""Training: one model on the union of all normal training images, no class labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vqflow.config import Config, save_yaml
+from vqflow.data import ImageDataset, load_data
+from vqflow.data.sample import Record
+from vqflow.engine.build import build_backbone, build_head, resolve_device, seed_everything
+from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint
+from vqflow.engine.distributed import DistContext, init_distributed, shutdown
+from vqflow.engine.features import FeatureSource, extract_features
+from vqflow.engine.progress import progress, say
+from vqflow.errors import VQFlowError
+from vqflow.model.detector import AnomalyDetector
+from vqflow.model.scores import ScoreStats, log_likelihood_maps
+from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM during fit: a resumable checkpoint was saved."""
+
+    def __init__(self, checkpoint: Path, signum: int):
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint}; continue with --resume")
+        self.checkpoint, self.signum = checkpoint, signum
+
+
+def split_validation(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out a seeded fraction of the training normals (per class, so every class is seen)."""
+    if fraction <= 0:
+        return records, []
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    by_class: dict[str, list[Record]] = {}
+    for r in records:
+        by_class.setdefault(r.cls, []).append(r)
+    for cls in sorted(by_class):
+        recs = by_class[cls]
+        k = int(round(fraction * len(recs))) if len(recs) >= 4 else 0
+        chosen = set(rng.choice(len(recs), size=k, replace=False).tolist()) if k else set()
+        for i, r in enumerate(recs):
+            (val if i in chosen else train).append(r)
+    return train, val
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[torch.Tensor]:
+    """This process's batches of one epoch: a seeded permutation, sharded across processes.
+
+    A last batch of one image is dropped (BatchNorm needs two).
+    """
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=g)
+    per_rank = n // ctx.world
+    perm = perm[ctx.rank * per_rank : (ctx.rank + 1) * per_rank] if ctx.enabled else perm
+    batches = list(perm.split(batch_size))
+    if batches and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def lr_factor(epoch: int, cfg: Config) -> float:
+    """Linear warm-up from warmup_start to 1 over warmup_epochs, then constant."""
+    t = cfg.train
+    if t.warmup_epochs <= 0:
+        return 1.0
+    return t.warmup_start + (1 - t.warmup_start) * min(1.0, epoch / t.warmup_epochs)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
+    flag: dict = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):  # noqa: ANN001
+        flag["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def usage_summary(head: VQFlow) -> dict[str, dict]:
+    """Codes used and perplexity of each codebook over the epoch so far."""
+    out = {}
+    for name, q in head.quantizers().items():
+        counts = q.usage_counts.detach().cpu().double()
+        total = counts.sum().item()
+        p = counts / max(total, 1.0)
+        ent = -(p[p > 0] * p[p > 0].log()).sum().item()
+        out[name] = {"used": int((counts > 0).sum()), "codes": int(counts.numel()), "perplexity": math.exp(ent)}
+    return out
+
+
+def mean_nll(head: VQFlow, source: FeatureSource, batch_size: int, device: torch.device) -> float:
+    """Mean NLL (nats/dim) of a feature source, the head in eval mode."""
+    head.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for idx in torch.arange(len(source)).split(batch_size):
+            nll = nll_per_dim(head(source.get(idx, device)))
+            total, n = total + float(nll.sum()), n + len(idx)
+    return total / max(n, 1)
+
+
+def calibrate(
+    head: VQFlow, cfg: Config, train_src: FeatureSource, val_src: FeatureSource | None, device: torch.device
+) -> dict:
+    """Training-normal statistics and verdict thresholds, fixed at fit time (no test labels).
+
+    Scores come from the held-out normals when there are any, else from training normals
+    (then thresholds are optimistic: the README says so).
+    """
+    head.eval()
+    size = cfg.data.image_size
+    bs = cfg.train.batch_size
+    n_stats = min(len(train_src), 256)
+    with torch.no_grad():
+        ll = [log_likelihood_maps(head(train_src.get(i, device)).u, size // 4).cpu() for i in torch.arange(n_stats).split(bs)]
+    stats = ScoreStats.from_loglik(torch.cat(ll))
+    detector = AnomalyDetector(torch.nn.Identity(), head, cfg.score, stats)
+    src = val_src if val_src is not None and len(val_src) > 0 else train_src
+    scores, concepts, pixels = [], [], []
+    with torch.no_grad():
+        for idx in torch.arange(len(src)).split(bs):
+            scored, out = detector.score_features(src.get(idx, device), size)
+            scores.append(scored.score.cpu())
+            concepts.append(out.concept.cpu())
+            pixels.append(scored.pixel_map[:, ::8, ::8].flatten().cpu())
+    score = torch.cat(scores).double().numpy()
+    concept = torch.cat(concepts).numpy()
+    pix = torch.cat(pixels).double().numpy()
+    q = cfg.score.threshold_quantile
+    per_concept = {}
+    for c in np.unique(concept):
+        sel = score[concept == c]
+        if len(sel) >= cfg.score.min_concept_images:
+            per_concept[str(int(c))] = float(np.quantile(sel, q))
+    thresholds = {"global": float(np.quantile(score, q)), "per_concept": per_concept, "quantile": q,
+                  "source": "validation" if src is val_src else "training", "n": int(len(score))}
+    # Heatmap colour range: from the typical normal pixel to the most anomalous normal pixel.
+    map_range = [float(np.median(pix)), float(np.quantile(pix, 0.9999))]
+    return {"stats": asdict(stats), "thresholds": thresholds, "map_range": map_range}
+
+
+def fit(cfg: Config, out: str | Path, resume: bool = False, quiet: bool = False) -> Path:
+    """Train a model as `cfg` says, writing the run folder `out`; returns it."""
+    out = Path(out)
+    device = resolve_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    quiet = quiet or not ctx.is_main
+    try:
+        return _fit(cfg, out, resume, quiet, device, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device, ctx: DistContext) -> Path:
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    payload = None
+    if resume:
+        payload = load_checkpoint(last)
+        saved = payload["config"]
+        saved_train = {k: v for k, v in saved["train"].items() if k != "epochs"}
+        now_train = {k: v for k, v in asdict(cfg.train).items() if k != "epochs"}
+        if saved["model"] != asdict(cfg.model) or saved["data"] != asdict(cfg.data) or saved_train != now_train:
+            raise VQFlowError(
+                f"--resume: the config differs from the one saved in {last}; resume with the same options "
+                "(only --epochs may change)"
+            )
+    elif last.exists():
+        raise VQFlowError(f"{out} already holds a trained run; continue it with --resume or choose another --out")
+
+    seed_everything(cfg.train.seed)
+    splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
+    train_recs, val_recs = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
+    if len(train_recs) < 2:
+        raise VQFlowError(f"only {len(train_recs)} training image(s) in {', '.join(cfg.data.specs)}; need at least 2")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        say(f"training on {len(train_recs)} normal images ({len(val_recs)} held out) of "
+            f"{len({r.cls for r in splits.train})} classes, device {device}", quiet)
+
+    backbone = build_backbone(cfg, device)
+    size = cfg.data.image_size
+    common = dict(size=size, device=device, mode=cfg.train.feature_cache, memory_gb=cfg.train.cache_memory_gb,
+                  batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers, quiet=quiet)
+    cache_dir = out / f".feature_cache_rank{ctx.rank}"
+    train_src = extract_features(backbone, ImageDataset(train_recs, size), folder=cache_dir / "train",
+                                 desc="train features", **common)
+    val_src = (extract_features(backbone, ImageDataset(val_recs, size), folder=cache_dir / "val",
+                                desc="val features", **common) if val_recs else None)
+    channels = tuple(int(t.shape[1]) for t in train_src.get(torch.arange(1), device))
+
+    seed_everything(cfg.train.seed)
+    head = build_head(cfg, channels).to(device)  # type: ignore[arg-type]
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.train.lr)
+    start_epoch, skip_steps, history, best = 0, 0, [], {"val_nll": math.inf, "epoch": None}
+    if payload is not None:
+        head.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        start_epoch, skip_steps = payload["epoch"], payload["step"]
+        history, best = payload["history"], payload["best"]
+        torch.set_rng_state(payload["rng"])
+        for k, q in head.quantizers().items():
+            q.generator.set_state(payload["vq_rng"][k])
+        say(f"resuming at epoch {start_epoch + 1}, step {skip_steps}", quiet)
+    model = DistributedDataParallel(head) if ctx.enabled else head
+
+    def state(epoch: int, step: int) -> dict:
+        return {"config": cfg.to_dict(), "feature_channels": list(channels), "epoch": epoch, "step": step,
+                "model": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                "vq_rng": {k: q.generator.get_state() for k, q in head.quantizers().items()},
+                "history": history, "best": best}
+
+    log_path = out / "train_log.jsonl"
+    epochs = cfg.train.epochs
+    with stop_on_signals() as flag:
+        for epoch in range(start_epoch, epochs):
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.train.lr * lr_factor(epoch, cfg)
+            batches = epoch_batches(len(train_src), cfg.train.batch_size, cfg.train.seed, epoch, ctx)
+            head.train()
+            if skip_steps == 0:
+                for q in head.quantizers().values():
+                    q.reset_usage()
+            t0, losses = time.time(), []
+            bar = progress(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", quiet=quiet)
+            bar.update(skip_steps)
+            for step in range(skip_steps, len(batches)):
+                loss = vqflow_loss(model(train_src.get(batches[step], device)), cfg.model.commitment_weight)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise VQFlowError(
+                        f"non-finite loss at epoch {epoch + 1}, step {step + 1}; training stopped, the last good "
+                        f"checkpoint is kept in {ckpt_dir}; try a lower learning rate (--set train.lr=...)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                bar.update(1)
+                if flag["signum"] is not None:
+                    bar.close()
+                    if ctx.is_main:
+                        save_checkpoint(last, state(epoch, step + 1))
+                    raise TrainingInterrupted(last, flag["signum"])
+            bar.close()
+            skip_steps = 0
+            if cfg.model.vq_init == "reference":  # the authors' end-of-epoch dead-code rule
+                for q in head.quantizers().values():
+                    q.reassign_unused()
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
+                      "codebooks": usage_summary(head)}
+            if val_src is not None:
+                record["val_nll"] = mean_nll(head, val_src, cfg.train.batch_size, device)
+                if record["val_nll"] < best["val_nll"]:
+                    best = {"val_nll": record["val_nll"], "epoch": epoch + 1}
+                    if ctx.is_main and cfg.train.select == "val":
+                        save_checkpoint(ckpt_dir / "best.pt", state(epoch + 1, 0))
+            history.append(record)
+            if ctx.is_main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(last, state(epoch + 1, 0))
+                say(_epoch_line(record), quiet)
+
+    if ctx.is_main:
+        if cfg.train.select == "val" and (ckpt_dir / "best.pt").exists():
+            chosen = load_checkpoint(ckpt_dir / "best.pt")
+            head.load_state_dict(chosen["model"])
+        final = state(epochs, 0)
+        final["chosen_epoch"] = best["epoch"] if cfg.train.select == "val" and best["epoch"] else epochs
+        final["calibration"] = calibrate(head, cfg, train_src, val_src, device)
+        save_checkpoint(ckpt_dir / "final.pt", final)
+        say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
+    train_src.close()
+    if val_src is not None:
+        val_src.close()
+    ctx.barrier()
+    if ctx.is_main:
+        import shutil
+
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return out
+
+
+def _epoch_line(record: dict) -> str:
+    books = " ".join(f"{k}:{v['used']}/{v['codes']}(ppl {v['perplexity']:.1f})" for k, v in record["codebooks"].items())
+    val = f" val_nll {record['val_nll']:.4f}" if "val_nll" in record else ""
+    loss = f"{record['loss']:.4f}" if record["loss"] is not None else "-"
+    return f"epoch {record['epoch']}: loss {loss}{val} ({record['seconds']:.1f}s) codes {books}"

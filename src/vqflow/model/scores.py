@@ -1,0 +1,108 @@
+"""Anomaly maps and image scores from the flow latents (METHOD.md section 6)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def log_likelihood_maps(u: list[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
+    """Per-pixel l_s = -0.5 * mean_channels(u_s^2), upsampled to `size`: (B, S, H, W)."""
+    size = (size, size) if isinstance(size, int) else size
+    maps = [-0.5 * z.pow(2).mean(1, keepdim=True) for z in u]
+    up = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+    return torch.cat(up, 1)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps, radius 4 sigma, reflect padding."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    m = maps[:, None]
+    pad_h = min(radius, m.shape[-2] - 1)
+    pad_w = min(radius, m.shape[-1] - 1)
+    kh = k[radius - pad_h : radius + pad_h + 1]
+    kw = k[radius - pad_w : radius + pad_w + 1]
+    m = F.conv2d(F.pad(m, (0, 0, pad_h, pad_h), mode="reflect"), (kh / kh.sum()).view(1, 1, -1, 1))
+    m = F.conv2d(F.pad(m, (pad_w, pad_w, 0, 0), mode="reflect"), (kw / kw.sum()).view(1, 1, 1, -1))
+    return m[:, 0]
+
+
+def mul_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
+    """The "mul" map. Per image: 1 - exp(M - max M), M = sum_s l_s. With training
+    statistics: the NLL -M standardised by its mean and std over training-normal pixels."""
+    m = loglik.sum(1)
+    if stats is None:
+        return 1 - torch.exp(m - m.flatten(1).max(1).values[:, None, None])
+    return (-m - stats.mul_mean) / stats.mul_std
+
+
+def add_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
+    """The "add" map. Per image: max P - P, P = sum_s exp(l_s - max l_s). With training
+    statistics: sum over scales of the standardised per-scale NLL."""
+    if stats is None:
+        peak = loglik.flatten(2).max(2).values[:, :, None, None]
+        p = torch.exp(loglik - peak).sum(1)
+        return p.flatten(1).max(1).values[:, None, None] - p
+    mean = torch.as_tensor(stats.scale_mean, dtype=loglik.dtype, device=loglik.device)
+    std = torch.as_tensor(stats.scale_std, dtype=loglik.dtype, device=loglik.device)
+    return ((-loglik - mean[None, :, None, None]) / std[None, :, None, None]).sum(1)
+
+
+def topk_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Image score: mean of the top `fraction` of each map's pixels (at least one)."""
+    flat = maps.flatten(1)
+    k = max(1, int(math.ceil(fraction * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+@dataclass
+class ScoreStats:
+    """Training-normal statistics for the dataset-level normalisation."""
+
+    mul_mean: float
+    mul_std: float
+    scale_mean: list[float]
+    scale_std: list[float]
+
+    @staticmethod
+    def from_loglik(loglik: torch.Tensor) -> ScoreStats:
+        """From (N, S, H, W) log-likelihood maps of training normals."""
+        nll = -loglik.sum(1)
+        per_scale = -loglik.transpose(0, 1).flatten(1)
+        return ScoreStats(
+            float(nll.mean()),
+            float(nll.std().clamp_min(1e-6)),
+            per_scale.mean(1).tolist(),
+            per_scale.std(1).clamp_min(1e-6).tolist(),
+        )
+
+
+@dataclass
+class Scored:
+    """Image scores and pixel maps of a batch."""
+
+    score: torch.Tensor  # (B,)
+    pixel_map: torch.Tensor  # (B, H, W)
+
+
+def score_batch(
+    loglik: torch.Tensor,
+    image_map: str = "mul",
+    pixel_map: str = "add",
+    topk: float = 0.03,
+    blur_sigma: float = 0.0,
+    stats: ScoreStats | None = None,
+) -> Scored:
+    """Image score (top-k mean of `image_map`) and the pixel map, optionally blurred."""
+    builders = {"mul": mul_map, "add": add_map}
+    img = gaussian_blur(builders[image_map](loglik, stats), blur_sigma)
+    pix = img if pixel_map == image_map else gaussian_blur(builders[pixel_map](loglik, stats), blur_sigma)
+    return Scored(topk_mean(img, topk), pix)
