@@ -1,0 +1,188 @@
+"""End to end through the CLI on a tiny MVTec-layout set: fit, test, predict, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import vqflow.engine.fit as fit_mod
+from vqflow.cli import main
+from vqflow.engine.checkpoint import load_checkpoint
+from vqflow.errors import VQFlowError
+from tiny_run import make_tiny_mvtec, tiny_args
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_tiny_mvtec(tmp_path_factory.mktemp("mvtec"))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(2)]) == 0
+    return out
+
+
+def test_fit_writes_the_run_folder(trained):
+    assert (trained / "config.yaml").is_file()
+    for name in ("last.pt", "final.pt"):
+        payload = load_checkpoint(trained / "checkpoints" / name)
+        assert payload["epoch"] == 2 and payload["version"]
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert set(log[0]["codebooks"]) == {"cpc", "cspc1", "cspc2", "cspc3", "cspc4"}
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_nll"]) for r in log)
+    assert not list(trained.glob(".feature_cache*")), "the feature cache is removed after fit"
+
+
+def test_test_writes_metrics_that_match_scores_csv(trained, capsys):
+    assert main(["test", "--run", str(trained), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "stripes" in table and "waves" in table and "mean" in table
+    metrics = json.loads((trained / "metrics.json").read_text())
+    keys = {"image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro"}
+    assert set(metrics["classes"]) == {"stripes", "waves"} and keys <= set(metrics["mean"])
+    with open(trained / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and set(rows[0]) == {"path", "class", "label", "score"}
+    for cls, m in metrics["classes"].items():
+        assert all(0 <= m[k] <= 1 for k in keys)
+        sel = [r for r in rows if r["class"] == cls]
+        expected = roc_auc_score([int(r["label"]) for r in sel], [float(r["score"]) for r in sel])
+        assert m["image_auroc"] == pytest.approx(expected, abs=1e-9)
+    assert (trained / "metrics.csv").read_text().startswith("class,image_auroc")
+    assert (trained / "report.html").is_file()
+
+
+def test_predict_scores_good_files_and_reports_bad_ones(trained, data, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(data / "stripes" / "test" / "good" / "000.png", inputs / "a.png")
+    shutil.copy(data / "waves" / "test" / "spot" / "000.png", inputs / "b.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "pred"
+    assert main(["predict", "--run", str(trained), str(inputs), "--out", str(out), "--quiet"]) == 0
+    with open(out / "scores.csv") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert set(rows) == {"a.png", "b.png", "broken.png"}
+    assert "broken.png" in rows["broken.png"]["error"] and rows["broken.png"]["score"] == ""
+    for name in ("a.png", "b.png"):
+        r = rows[name]
+        assert r["error"] == "" and r["verdict"] in ("normal", "anomalous")
+        assert (float(r["score"]) > float(r["threshold"])) == (r["verdict"] == "anomalous")
+        assert Path(r["heatmap"]).is_file()
+
+
+def _interrupt_at(call: int, monkeypatch, action: str = "signal"):
+    real = fit_mod.vqflow_loss
+    count = {"n": 0}
+
+    def wrapped(out, weight=1.0):
+        count["n"] += 1
+        loss = real(out, weight)
+        if count["n"] == call:
+            if action == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                loss = loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(fit_mod, "vqflow_loss", wrapped)
+
+
+def test_resume_after_sigint_reaches_the_same_model(data, tmp_path, monkeypatch):
+    args = ["--data", f"mvtec:{data}", *tiny_args(3)]
+    assert main(["fit", "--out", str(tmp_path / "a"), *args]) == 0
+    # 12 training images, batch 4: 3 steps an epoch; call 5 is in the middle of epoch 2.
+    _interrupt_at(5, monkeypatch)
+    assert main(["fit", "--out", str(tmp_path / "b"), *args]) == 128 + signal.SIGINT
+    saved = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    assert not (tmp_path / "b" / "checkpoints" / "final.pt").exists()
+    monkeypatch.undo()
+    assert main(["fit", "--out", str(tmp_path / "b"), "--resume", "--quiet"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "final.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "final.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["calibration"] == b["calibration"]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+    _interrupt_at(5, monkeypatch, action="nan")
+    rc = main(["fit", "--out", str(tmp_path / "r"), "--data", f"mvtec:{data}", *tiny_args(3)])
+    assert rc == 2 and "non-finite loss" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_fit_refuses_to_overwrite_a_run(trained, data, capsys):
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(trained), *tiny_args(1)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_corrupt_and_foreign_checkpoints(trained, tmp_path):
+    bad = tmp_path / "bad.pt"
+    good = (trained / "checkpoints" / "last.pt").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(VQFlowError, match="corrupt"):
+        load_checkpoint(bad)
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(VQFlowError, match="not a vqflow checkpoint"):
+        load_checkpoint(bad)
+    payload = load_checkpoint(trained / "checkpoints" / "last.pt")
+    key = next(k for k, v in payload["model"].items() if v.is_floating_point())
+    payload["model"][key] = payload["model"][key] + 1
+    torch.save(payload, bad)
+    with pytest.raises(VQFlowError, match="checksum"):
+        load_checkpoint(bad)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vqflow", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["fit", "--data", "nosuch:/x", "--out", "{tmp}/o"], "nosuch"),
+        (["fit", "--data", "mvtec:{tmp}/missing", "--out", "{tmp}/o"], "missing"),
+        (["fit", "--data", "demo", "--out", "{tmp}/o", "--set", "train.epoch=3"], "train.epochs"),
+        (["test", "--run", "{tmp}/norun"], "norun"),
+        (["test", "--run", "{tmp}/junk"], "last.pt"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    (tmp_path / "junk" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "junk" / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    r = _cli(*[a.format(tmp=tmp_path) for a in args])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_torchrun_two_cpu_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "vqflow", "fit", "--data", f"mvtec:{data}", "--out", str(out), "--device", "cpu", *tiny_args(2)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    payload = load_checkpoint(out / "checkpoints" / "final.pt")
+    assert payload["epoch"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2, "one process writes the log"
+    assert not list(out.glob(".feature_cache*"))
