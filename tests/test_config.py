@@ -47,3 +47,10 @@ def test_round_trip(tmp_path):
     config.save_yaml(cfg, tmp_path / "config.yaml")
     again = config.from_dict(config.load_yaml(tmp_path / "config.yaml"))
     assert again == cfg and again.data.classes == ["a", "b"] and again.model.subnet_hidden is None
+
+
+def test_out_of_range_values_are_refused():
+    with pytest.raises(VQFlowError, match=r"score.topk.*between"):
+        config.resolve(overrides=["score.topk=1.5"])
+    with pytest.raises(VQFlowError, match=r"train.batch_size"):
+        config.resolve(overrides=["train.batch_size=1"])

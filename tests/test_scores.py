@@ -208,7 +208,6 @@ def test_topk_mean_with_ties_across_the_cut():
     np.testing.assert_allclose(got, [(9 + 9 + 4 + 4 + 4) / 5, 2.0], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ceil(0.07 * 100) is 8 in floating point; top 7% of 100 should be 7")
 def test_topk_mean_exact_percent_count():
     maps = np.arange(100, dtype=float).reshape(1, 10, 10)
     np.testing.assert_allclose(topk_mean(t(maps), 0.07).numpy(), [np.arange(93, 100).mean()], rtol=1e-12)

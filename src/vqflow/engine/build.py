@@ -82,5 +82,10 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
     head.to(dev).eval()
     stats_dict = payload.get("calibration", {}).get("stats")
     stats = ScoreStats(**stats_dict) if stats_dict else None
+    if stats is None and cfg.score.normalization == "train":
+        raise VQFlowError(
+            f"run {folder} has no training statistics (fit did not finish); continue it with "
+            f"'vqflow fit --out {folder} --resume'"
+        )
     detector = AnomalyDetector(backbone, head, cfg.score, stats).to(dev).eval()
     return TrainedRun(folder, cfg, detector, payload, dev)

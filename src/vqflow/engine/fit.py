@@ -132,9 +132,9 @@ def calibrate(
     head.eval()
     size = cfg.data.image_size
     bs = cfg.train.batch_size
-    n_stats = min(len(train_src), 256)
+    n_stats = min(len(train_src), 64)  # at full size, as scoring sees them
     with torch.no_grad():
-        ll = [log_likelihood_maps(head(train_src.get(i, device)).u, size // 4).cpu() for i in torch.arange(n_stats).split(bs)]
+        ll = [log_likelihood_maps(head(train_src.get(i, device)).u, size).cpu() for i in torch.arange(n_stats).split(bs)]
     stats = ScoreStats.from_loglik(torch.cat(ll))
     detector = AnomalyDetector(torch.nn.Identity(), head, cfg.score, stats)
     src = val_src if val_src is not None and len(val_src) > 0 else train_src

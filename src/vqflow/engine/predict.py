@@ -47,6 +47,11 @@ def predict(run: str | Path, inputs: list[str], out: str | Path, device: str = "
     """Score images; write OUT/scores.csv and OUT/heatmaps/*.png. Unreadable files get an
     error in their row and the rest still get results."""
     tr = load_run(run, device)
+    if not tr.thresholds:
+        raise VQFlowError(
+            f"run {tr.folder} has no verdict thresholds (fit did not finish); continue it with "
+            f"'vqflow fit --out {tr.folder} --resume'"
+        )
     paths = collect_images(inputs)
     out = Path(out)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.config import ModelConfig
+from vqflow.errors import VQFlowError
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
 from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d
 from vqflow.model.quantizer import VectorQuantizer
@@ -38,7 +39,9 @@ class VQFlow(nn.Module):
     def __init__(self, cfg: ModelConfig, feature_channels: tuple[int, int, int, int]):
         super().__init__()
         if len(cfg.flow_blocks) != LEVELS:
-            raise ValueError(f"model.flow_blocks needs {LEVELS} block counts, got {cfg.flow_blocks}")
+            raise VQFlowError(f"model.flow_blocks needs {LEVELS} block counts, got {cfg.flow_blocks}")
+        if cfg.pos_dim % 4:
+            raise VQFlowError(f"model.pos_dim must be a multiple of 4 (sin/cos for x and y), got {cfg.pos_dim}")
         self.cfg = cfg
         c1, c2, c3, c4 = feature_channels
         self.flow_channels = (c1, c2, c3)
