@@ -10,6 +10,15 @@ ConvNeXtV2 backbone needs timm), unless --time-reference.
 
 from __future__ import annotations
 
+import os
+
+# ruff: noqa: E402  (the imports below follow this setting on purpose)
+# Must precede the first torch import. With the default (spinning) OpenMP threads, a 2-core
+# machine shared with other work slows torch ~40x (Lite0 batch 1: ~2.2 s instead of ~50 ms),
+# because every op waits at a barrier for a descheduled thread. Set OMP_WAIT_POLICY=ACTIVE
+# in the environment to measure torch's default instead; the JSON records the policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import platform
@@ -37,8 +46,16 @@ KNOWN_CHANNELS: dict[str, tuple[int, int, int, int]] = {"convnextv2_base": (128,
 # METHOD.md section 10: the frozen ConvNeXtV2-B at 384 px, for the reference comparison.
 DOCUMENTED_BACKBONE_GMACS = {"convnextv2_base": 41.0}
 STAGE_STRIDES = (4, 8, 16, 32)
-LATENCY_BATCHES = {"fast": (1, 16), "reference": (1,)}
+LATENCY_BATCHES = {"fast": (1, 4, 16), "reference": (1,)}  # CPU: per-image cost grows with batch
 TRAIN_BATCH_CAP = {"reference": 2}  # the reference head's activations and Adam state are GBs
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: the machine may be shared, which slows every timing."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def cpu_model() -> str:
@@ -143,7 +160,8 @@ def parameter_counts(head: VQFlow, backbone: nn.Module | None) -> dict:
     flows = count_parameters(head.flows)
     fusion = count_parameters(head.fusion)
     total = count_parameters(head)
-    counts = {"head_total": total, "head_flows": flows, "head_fusion": fusion, "head_other": total - flows - fusion}
+    counts = {"head_total": total, "head_flows": flows, "head_fusion": fusion}
+    counts["head_other"] = total - flows - fusion
     counts["backbone"] = sum(p.numel() for p in backbone.parameters()) if backbone is not None else None
     return counts
 
@@ -205,7 +223,12 @@ def latency_ms(fn: Callable[[torch.Tensor], object], inputs: torch.Tensor, warmu
 
 
 def time_pipeline(
-    cfg: Config, backbone: nn.Module | None, head: VQFlow, channels: tuple[int, ...], batches: tuple[int, ...], runs: int
+    cfg: Config,
+    backbone: nn.Module | None,
+    head: VQFlow,
+    channels: tuple[int, ...],
+    batches: tuple[int, ...],
+    runs: int,
 ) -> dict:
     """Backbone, head and full-detector latency per image (and images/s) at each batch size."""
     size = cfg.data.image_size
@@ -229,13 +252,63 @@ def time_pipeline(
     return timing
 
 
-def bench_preset(name: str, args) -> dict:
-    """Everything measured for one preset; timing only where the preset is timed and buildable."""
+def macs_section(cfg: Config, head: VQFlow, backbone: nn.Module | None, feats: list[torch.Tensor]) -> dict:
+    """MACs per image of head and backbone, and whether the head costs no more than the backbone.
+
+    Without a backbone the comparison uses the documented backbone cost (METHOD.md 10), and
+    `comparison_basis` says so.
+    """
+    macs: dict = {"head": head_macs(head, feats), "backbone": None, "comparison_basis": None}
+    reference_macs = None
+    if backbone is not None:
+        one = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+        macs["backbone"] = reference_macs = count_macs(backbone, lambda: backbone(one))["other"]
+        macs["comparison_basis"] = "backbone counted with hooks"
+    elif cfg.model.backbone in DOCUMENTED_BACKBONE_GMACS:
+        reference_macs = DOCUMENTED_BACKBONE_GMACS[cfg.model.backbone] * 1e9
+        macs["comparison_basis"] = "backbone GMACs documented in METHOD.md section 10"
+    head_total = macs["head"]["total"]
+    macs["gmacs"] = {
+        "backbone": None if reference_macs is None else reference_macs / 1e9,
+        "head_total": head_total / 1e9,
+        "head_flows_and_fusion": (macs["head"]["flows"] + macs["head"]["fusion"]) / 1e9,
+    }
+    if reference_macs:
+        macs["head_over_backbone"] = head_total / reference_macs
+        macs["head_costs_no_more_than_backbone"] = head_total <= reference_macs
+    return macs
+
+
+def timing_section(
+    name: str,
+    cfg: Config,
+    backbone: nn.Module | None,
+    head: VQFlow,
+    feats: list[torch.Tensor],
+    args: argparse.Namespace,
+) -> dict:
+    """Latencies at the preset's batch sizes and the training-step time on cached features."""
+    channels = tuple(int(f.shape[1]) for f in feats)
+    batches = LATENCY_BATCHES.get(name, (1, cfg.train.batch_size))
+    timing = time_pipeline(cfg, backbone, head, channels, batches, args.runs)
+    train_batch = min(cfg.train.batch_size, TRAIN_BATCH_CAP.get(name, cfg.train.batch_size))
+    step = train_step_seconds(cfg, head, [f[:train_batch] for f in feats], 1, args.train_runs)
+    timing["train_step"] = {
+        "batch": train_batch,
+        "seconds": step,
+        "images_per_second": train_batch / step,
+        "what": "forward + loss + backward + grad clip + Adam on cached features (the epoch cost with the cache)",
+    }
+    return timing
+
+
+def bench_preset(name: str, args: argparse.Namespace) -> dict:
+    """Everything measured for one preset; timing only where the preset is timed."""
     t0 = time.perf_counter()
     cfg = config.preset(name)
     torch.manual_seed(args.seed)
     timed = name != "reference" or args.time_reference
-    backbone, why = try_backbone(cfg) if timed else (None, "not built: needs timm; MACs/params only")
+    backbone, why = try_backbone(cfg) if timed else (None, "not built (needs timm): MACs/params only")
     size = cfg.data.image_size
     init_batch = cfg.train.batch_size if timed else 1
     if backbone is not None:
@@ -244,7 +317,7 @@ def bench_preset(name: str, args) -> dict:
     else:
         channels = KNOWN_CHANNELS.get(cfg.model.backbone)
         if channels is None:
-            raise VQFlowError(f"--preset {name}: backbone '{cfg.model.backbone}' cannot be built ({why})")
+            raise VQFlowError(f"--preset {name}: backbone '{cfg.model.backbone}' cannot be built here ({why})")
         feats = synthetic_features(channels, size, init_batch)
     head = initialised_head(cfg, channels, feats) if timed else eval_head(cfg, channels)
     result: dict = {
@@ -255,39 +328,34 @@ def bench_preset(name: str, args) -> dict:
         "flow_blocks": cfg.model.flow_blocks,
         "backbone_note": why,
         "params": parameter_counts(head, backbone),
+        "macs_per_image": macs_section(cfg, head, backbone, feats),
     }
-    macs = {"head": head_macs(head, feats)}
-    if backbone is not None:
-        one = torch.randn(1, 3, size, size)
-        macs["backbone"] = count_macs(backbone, lambda: backbone(one))["other"]
-    else:
-        macs["backbone"] = None
-        documented = DOCUMENTED_BACKBONE_GMACS.get(cfg.model.backbone)
-        macs["backbone_documented_gmacs"] = documented
-    backbone_macs = macs["backbone"] or (macs.get("backbone_documented_gmacs") or 0) * 1e9 or None
-    if backbone_macs:
-        macs["head_over_backbone"] = macs["head"]["total"] / backbone_macs
-        macs["head_costs_no_more_than_backbone"] = macs["head"]["total"] <= backbone_macs
-    macs["gmacs_summary"] = {
-        "backbone": None if macs["backbone"] is None else macs["backbone"] / 1e9,
-        "head_total": macs["head"]["total"] / 1e9,
-        "head_flows_and_fusion": (macs["head"]["flows"] + macs["head"]["fusion"]) / 1e9,
-    }
-    result["macs_per_image"] = macs
     if timed:
-        batches = LATENCY_BATCHES.get(name, (1, cfg.train.batch_size))
-        result["timing"] = time_pipeline(cfg, backbone, head, channels, batches, args.runs)
-        train_batch = min(cfg.train.batch_size, TRAIN_BATCH_CAP.get(name, cfg.train.batch_size))
-        step = train_step_seconds(cfg, head, [f[:train_batch] for f in feats], 1, args.train_runs)
-        result["train_step"] = {
-            "batch": train_batch,
-            "seconds": step,
-            "images_per_second": train_batch / step,
-            "note": "forward + loss + backward + grad clip + Adam on cached features (epoch cost with the cache)",
-        }
+        result["timing"] = timing_section(name, cfg, backbone, head, feats, args)
     result["bench_seconds"] = time.perf_counter() - t0
     result["peak_rss_mb_after"] = peak_rss_mb()
     return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """A few human-readable lines: MACs, latencies and training-step time per preset."""
+    lines = []
+    for name, r in result["presets"].items():
+        g = r["macs_per_image"]["gmacs"]
+        backbone = "n/a" if g["backbone"] is None else f"{g['backbone']:.3f}"
+        lines.append(f"[{name}] GMACs/image: backbone {backbone}, head {g['head_total']:.3f} "
+                     f"(flows+fusion {g['head_flows_and_fusion']:.3f}); head <= backbone: "
+                     f"{r['macs_per_image'].get('head_costs_no_more_than_backbone')}")
+        for key, row in r.get("timing", {}).items():
+            if key.startswith("batch_"):
+                ms = {k.removesuffix("_ms_per_image"): v for k, v in row.items() if k.endswith("_ms_per_image")}
+                parts = [f"{k} {v:.1f} ms" for k, v in ms.items()]
+                lines.append(f"[{name}] {key}: " + ", ".join(parts) + " per image")
+        if "timing" in r:
+            step = r["timing"]["train_step"]
+            lines.append(f"[{name}] train step (batch {step['batch']}): {step['seconds']:.2f} s")
+    lines.append(f"peak RSS {result['peak_rss_mb']:.0f} MiB, {result['environment']['threads']} threads")
+    return lines
 
 
 def main() -> None:
@@ -308,11 +376,13 @@ def main() -> None:
         "environment": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpu_model": cpu_model(),
             "python": platform.python_version(),
             "runs": args.runs,
             "train_runs": args.train_runs,
             "seed": args.seed,
+            "load_average_at_start": load_average(),
         },
         "presets": {},
     }
@@ -321,10 +391,12 @@ def main() -> None:
         result["presets"][name] = bench_preset(name, args)
         print(f"{name}: done in {result['presets'][name]['bench_seconds']:.1f} s", flush=True)
     result["peak_rss_mb"] = peak_rss_mb()
+    result["environment"]["load_average_at_end"] = load_average()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print("\n".join(summary_lines(result)))
 
 
 if __name__ == "__main__":
