@@ -313,3 +313,21 @@ def test_low_likelihood_region_raises_score_and_map(image_map, with_stats):
     outside = b.pixel_map[0].clone()
     outside[2:12, 3:13] = -np.inf  # exclude the region and its blur halo
     assert region.min() > outside.max()
+
+
+def test_nll_map_is_the_log_form_of_mul_and_does_not_saturate():
+    from vqflow.model.scores import nll_map
+
+    rng = np.random.default_rng(3)
+    ll = -rng.exponential(1.0, (2, 3, 6, 6))
+    ll[1, :, :2, :2] -= 60.0  # far below the rest: 1 - exp(M - max M) is exactly 1 there
+    m = ll.sum(1)
+    expected = m.reshape(2, -1).max(1)[:, None, None] - m
+    got = nll_map(t(ll)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    mul = mul_map(t(ll).float()).numpy()
+    assert len(np.unique(mul[1][:2, :2])) == 1, "the mul map ties in the saturated region"
+    assert len(np.unique(got[1][:2, :2])) > 1, "the log form keeps the ranking there"
+    # Same per-pixel order as the mul map wherever mul does not saturate.
+    a, b = got[0].ravel(), mul[0].ravel()
+    assert (np.argsort(a, kind="stable") == np.argsort(b, kind="stable")).mean() > 0.9

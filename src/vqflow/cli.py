@@ -10,8 +10,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vqflow import __version__
-from vqflow.errors import VQFlowError
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
+# make torch many times slower (benchmarks/results/inference.json). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from vqflow import __version__  # noqa: E402
+from vqflow.errors import VQFlowError  # noqa: E402
 
 
 def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -24,6 +28,8 @@ def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     g.add_argument("--preset", choices=["fast", "reference"], help="model size preset (default fast)")
     g.add_argument("--config", metavar="YAML", help="a config file; options given here override it")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    g.add_argument("--backbone", help="efficientnet_lite0 (default), efficientnet_lite2, or a timm model name")
+    g.add_argument("--backbone-weights", metavar="FILE", help="a local state dict for the backbone (offline use)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
@@ -68,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
     from vqflow import config
 
-    options: dict[str, Any] = {"train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device}
+    options: dict[str, Any] = {"train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device,
+                               "model.backbone": args.backbone, "model.backbone_weights": args.backbone_weights}
     if data:
         options["data.specs"] = args.data
         if args.classes is not None:

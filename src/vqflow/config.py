@@ -99,8 +99,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vq_init": ("kmeans++", "reference"),
     "train.feature_cache": ("auto", "memory", "disk", "off"),
     "train.select": ("last", "val"),
-    "score.image_map": ("mul", "add"),
-    "score.pixel_map": ("mul", "add"),
+    "score.image_map": ("mul", "add", "nll"),
+    "score.pixel_map": ("mul", "add", "nll"),
     "score.normalization": ("image", "train"),
 }
 
@@ -132,7 +132,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.global_dim": 64,
         "model.pos_dim": 32,
         "model.num_concepts": 32,
-        "model.num_patterns": 256,
+        "model.num_patterns": 128,
         "model.flow_blocks": [2, 3, 4],
         "model.subnet_hidden": 64,
         "model.fusion_hidden": 64,

@@ -44,6 +44,16 @@ def mul_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tens
     return (-m - stats.mul_mean) / stats.mul_std
 
 
+def nll_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
+    """The "mul" map in log form: max M - M per image (-log of 1 - A), which keeps ranking
+    where 1 - exp(M - max M) saturates at 1 in floating point. With training statistics it
+    is the same standardised NLL as the mul map."""
+    m = loglik.sum(1)
+    if stats is None:
+        return m.flatten(1).max(1).values[:, None, None] - m
+    return (-m - stats.mul_mean) / stats.mul_std
+
+
 def add_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
     """The "add" map. Per image: max P - P, P = sum_s exp(l_s - max l_s). With training
     statistics: sum over scales of the standardised per-scale NLL."""
@@ -102,7 +112,7 @@ def score_batch(
     stats: ScoreStats | None = None,
 ) -> Scored:
     """Image score (top-k mean of `image_map`) and the pixel map, optionally blurred."""
-    builders = {"mul": mul_map, "add": add_map}
+    builders = {"mul": mul_map, "add": add_map, "nll": nll_map}
     img = gaussian_blur(builders[image_map](loglik, stats), blur_sigma)
     pix = img if pixel_map == image_map else gaussian_blur(builders[pixel_map](loglik, stats), blur_sigma)
     return Scored(topk_mean(img, topk), pix)
