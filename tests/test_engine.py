@@ -186,3 +186,9 @@ def test_torchrun_two_cpu_processes(data, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2, "one process writes the log"
     assert not list(out.glob(".feature_cache*"))
+
+
+def test_resume_with_a_different_model_config_is_refused(trained, data, capsys):
+    args = ["fit", "--data", f"mvtec:{data}", "--out", str(trained), "--resume", *tiny_args(3)]
+    assert main([*args, "--set", "model.global_dim=24"]) == 2
+    assert "model.global_dim" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -181,13 +182,14 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     payload = None
     if resume:
         payload = load_checkpoint(last)
-        saved = payload["config"]
-        saved_train = {k: v for k, v in saved["train"].items() if k != "epochs"}
-        now_train = {k: v for k, v in asdict(cfg.train).items() if k != "epochs"}
-        if saved["model"] != asdict(cfg.model) or saved["data"] != asdict(cfg.data) or saved_train != now_train:
+        saved, now = payload["config"], cfg.to_dict()
+        free = {"train.epochs", "train.device", "train.feature_cache", "train.cache_memory_gb", "data.num_workers"}
+        differ = [f"{sec}.{k}" for sec in ("model", "data", "train") for k in now[sec]
+                  if f"{sec}.{k}" not in free and saved[sec].get(k) != now[sec][k]]
+        if differ:
             raise VQFlowError(
-                f"--resume: the config differs from the one saved in {last}; resume with the same options "
-                "(only --epochs may change)"
+                f"--resume: {', '.join(differ)} differ from the config saved in {last}; resume with the same "
+                "options (--epochs and --device may change)"
             )
     elif last.exists():
         raise VQFlowError(f"{out} already holds a trained run; continue it with --resume or choose another --out")
@@ -212,6 +214,24 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
                                  desc="train features", **common)
     val_src = (extract_features(backbone, ImageDataset(val_recs, size), folder=cache_dir / "val",
                                 desc="val features", **common) if val_recs else None)
+    try:
+        _train(cfg, out, payload, quiet, device, ctx, train_src, val_src)
+    finally:
+        train_src.close()
+        if val_src is not None:
+            val_src.close()
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    ctx.barrier()
+    return out
+
+
+def _train(
+    cfg: Config, out: Path, payload: dict | None, quiet: bool, device: torch.device, ctx: DistContext,
+    train_src: FeatureSource, val_src: FeatureSource | None,
+) -> None:
+    """Epochs, per-epoch checkpoints and log, then the final model with its calibration."""
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.pt"
     channels = tuple(int(t.shape[1]) for t in train_src.get(torch.arange(1), device))
 
     seed_everything(cfg.train.seed)
@@ -299,15 +319,6 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
         final["calibration"] = calibrate(head, cfg, train_src, val_src, device)
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
-    train_src.close()
-    if val_src is not None:
-        val_src.close()
-    ctx.barrier()
-    if ctx.is_main:
-        import shutil
-
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    return out
 
 
 def _epoch_line(record: dict) -> str:
