@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from vqflow.atomic import atomic_write_text
 from vqflow.errors import VQFlowError
 
 
@@ -299,17 +299,3 @@ def resolve(
 def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config atomically."""
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vqflow.config import atomic_write_text
+from vqflow.atomic import atomic_write_text
 from vqflow.data import ImageDataset, denormalize, load_data
 from vqflow.data.sample import collate
 from vqflow.engine.build import TrainedRun, load_run

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vqflow.config import atomic_write_text
+from vqflow.atomic import atomic_write_text
 from vqflow.data import ImageDataset, denormalize
 from vqflow.data.sample import Record, Sample, collate
 from vqflow.engine.build import TrainedRun, load_run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vqflow.atomic import atomic_path
 from vqflow.errors import VQFlowError
 
 CONTOUR_RGB = (255, 255, 255)
@@ -80,8 +80,6 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise VQFlowError(f"save_png: {path}: need (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
     return path

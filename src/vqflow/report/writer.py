@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import auc, roc_curve
 
 from vqflow import __version__
+from vqflow.atomic import atomic_write_text
 from vqflow.report import plots
 from vqflow.report.concepts import concept_table, usage_stats
 from vqflow.report.curves import PIXEL_SAMPLE, PRO_FPR_LIMIT, pixel_roc, pro_curve
@@ -114,7 +114,7 @@ def _concept_section(data: ReportData, files: Path) -> str:
     head = "".join(f"<th>{c}</th>" for c in table.concept_ids)
     rows = []
     for name, counts in zip(table.class_names, table.counts):
-        cells = "".join(f'<td class="zero">·</td>' if v == 0 else f"<td>{v}</td>" for v in counts)
+        cells = "".join('<td class="zero">·</td>' if v == 0 else f"<td>{v}</td>" for v in counts)
         rows.append(f'<tr><th scope="row">{html.escape(name)}</th>{cells}</tr>')
     out.append(
         '<div class="scroll"><table class="concepts"><thead><tr><th>class \\ concept</th>'
@@ -211,7 +211,5 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
         f"<body>{''.join(body)}</body></html>\n"
     )
     target = out_dir / "report.html"
-    tmp = out_dir / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_text(target, page)
     return target
