@@ -135,9 +135,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.data, args.classes, args.normal = ["demo"], None, None
     cfg = resolve_config(args)
-    user_epochs = args.epochs is not None or args.config or any(s.startswith("train.epochs") for s in args.set)
-    if not user_epochs:
-        cfg.train.epochs = DEMO_EPOCHS
     out = Path(args.out)
     resume = (out / "checkpoints" / "last.pt").exists() and not (out / "checkpoints" / "final.pt").exists()
     if not (out / "checkpoints" / "final.pt").exists():
@@ -147,8 +144,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
-
-DEMO_EPOCHS = 30  # the demo set is small: 30 epochs keep `vqflow demo` near 6 minutes on 2 CPU cores
 
 COMMANDS = {"fit": cmd_fit, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo}
 

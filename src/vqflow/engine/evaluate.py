@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vqflow.atomic import atomic_write_text
 from vqflow.data import ImageDataset, denormalize, load_data
 from vqflow.data.sample import collate
-from vqflow.engine.build import TrainedRun, load_run
+from vqflow.engine.build import TrainedRun, inference_batch_size, load_run
 from vqflow.engine.progress import progress, say
 from vqflow.metrics import METRIC_KEYS, compute_class_metrics, summarize
 from vqflow.model.layers import pool_features
@@ -43,7 +43,7 @@ def score_dataset(
     det, dev, cfg = run.detector, run.device, run.cfg
     size = cfg.data.image_size
     map_size = map_size or size
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False,
+    loader = DataLoader(dataset, batch_size=inference_batch_size(cfg, dev), shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate)
     n = len(dataset)
     maps = np.empty((n, map_size, map_size), dtype=np.float32)

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vqflow.config import Config, save_yaml
 from vqflow.data import ImageDataset, load_data
 from vqflow.data.sample import Record
-from vqflow.engine.build import build_backbone, build_head, resolve_device, seed_everything
+from vqflow.engine.build import build_backbone, build_head, inference_batch_size, resolve_device, seed_everything
 from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint
 from vqflow.engine.distributed import DistContext, init_distributed, shutdown
 from vqflow.engine.features import FeatureSource, extract_features
@@ -208,7 +208,7 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     backbone = build_backbone(cfg, device)
     size = cfg.data.image_size
     common = dict(size=size, device=device, mode=cfg.train.feature_cache, memory_gb=cfg.train.cache_memory_gb,
-                  batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers, quiet=quiet)
+                  batch_size=inference_batch_size(cfg, device), num_workers=cfg.data.num_workers, quiet=quiet)
     cache_dir = out / f".feature_cache_rank{ctx.rank}"
     train_src = extract_features(backbone, ImageDataset(train_recs, size), folder=cache_dir / "train",
                                  desc="train features", **common)

@@ -11,7 +11,7 @@ import torch
 from vqflow.atomic import atomic_write_text
 from vqflow.data import ImageDataset, denormalize
 from vqflow.data.sample import Record, Sample, collate
-from vqflow.engine.build import TrainedRun, load_run
+from vqflow.engine.build import TrainedRun, inference_batch_size, load_run
 from vqflow.engine.progress import progress
 from vqflow.errors import VQFlowError
 from vqflow.report import overlay, save_png
@@ -80,7 +80,7 @@ def predict(run: str | Path, inputs: list[str], out: str | Path, device: str = "
                 pending.append((i, dataset[i]))
             except VQFlowError as e:
                 rows[i]["error"] = str(e)
-            if len(pending) == tr.cfg.train.batch_size:
+            if len(pending) == inference_batch_size(tr.cfg, tr.device):
                 flush()
             bar.update(1)
         if pending:
