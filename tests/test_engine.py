@@ -192,3 +192,17 @@ def test_resume_with_a_different_model_config_is_refused(trained, data, capsys):
     args = ["fit", "--data", f"mvtec:{data}", "--out", str(trained), "--resume", *tiny_args(3)]
     assert main([*args, "--set", "model.global_dim=24"]) == 2
     assert "model.global_dim" in capsys.readouterr().err
+
+
+def test_python_api_mirrors_the_cli(data, tmp_path):
+    import vqflow
+    from tiny_run import TINY_SET
+
+    overrides = {k.replace(".", "__"): v for k, v in (item.split("=", 1) for item in TINY_SET)}
+    run = vqflow.fit("fast", out=tmp_path / "api", quiet=True, data__specs=[f"mvtec:{data}"], train__epochs=1,
+                     **overrides)
+    metrics = vqflow.evaluate(run, quiet=True, report=False)
+    assert set(metrics["classes"]) == {"stripes", "waves"}
+    assert json.loads((run / "metrics.json").read_text())["mean"] == metrics["mean"]
+    rows = vqflow.predict(run, [data / "waves" / "test" / "spot"], tmp_path / "p", quiet=True)
+    assert len(rows) == 3 and all(r["verdict"] in ("normal", "anomalous") for r in rows)
