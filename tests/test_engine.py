@@ -206,3 +206,16 @@ def test_python_api_mirrors_the_cli(data, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["mean"] == metrics["mean"]
     rows = vqflow.predict(run, [data / "waves" / "test" / "spot"], tmp_path / "p", quiet=True)
     assert len(rows) == 3 and all(r["verdict"] in ("normal", "anomalous") for r in rows)
+
+
+def test_select_val_evaluates_the_epoch_with_lowest_heldout_nll(data, tmp_path):
+    out = tmp_path / "val"
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(3),
+                 "--set", "train.select=val"]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    best_epoch = min(log, key=lambda r: r["val_nll"])["epoch"]
+    final = load_checkpoint(out / "checkpoints" / "final.pt")
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert final["chosen_epoch"] == best_epoch == best["epoch"]
+    for k in best["model"]:
+        assert torch.equal(final["model"][k], best["model"][k]), k
