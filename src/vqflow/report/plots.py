@@ -125,6 +125,8 @@ def histogram_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         ax.set_title(f"{name}\n{normal.size} normal · {anomalous.size} anomalous")
         ax.set_xlabel("image score")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.ticklabel_format(axis="x", useOffset=False)  # scores near 1 read as 0.998, not 1e-3+1
     return _save(fig, path)
 
 
