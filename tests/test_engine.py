@@ -219,3 +219,15 @@ def test_select_val_evaluates_the_epoch_with_lowest_heldout_nll(data, tmp_path):
     assert final["chosen_epoch"] == best_epoch == best["epoch"]
     for k in best["model"]:
         assert torch.equal(final["model"][k], best["model"][k]), k
+
+
+def test_disk_feature_cache_trains_the_same_model_as_memory(data, tmp_path):
+    runs = {}
+    for mode in ("memory", "disk"):
+        out = tmp_path / mode
+        assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(1),
+                     "--set", f"train.feature_cache={mode}"]) == 0
+        runs[mode] = load_checkpoint(out / "checkpoints" / "final.pt")["model"]
+        assert not list(out.glob(".feature_cache*")), "the disk cache is deleted after fit"
+    for k in runs["memory"]:
+        assert torch.equal(runs["memory"][k], runs["disk"][k]), k
