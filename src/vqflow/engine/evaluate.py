@@ -47,8 +47,8 @@ def score_dataset(
                         num_workers=cfg.data.num_workers, collate_fn=collate)
     n = len(dataset)
     maps = np.empty((n, map_size, map_size), dtype=np.float32)
-    masks = np.zeros((n, size, size), dtype=bool)
-    any_mask = False
+    # Only datasets with ground truth get a mask array (10,000 CIFAR masks would be 650 MB).
+    masks = np.zeros((n, size, size), dtype=bool) if dataset.has_masks else None
     scores, concepts, labels, paths, classes = [], [], [], [], []
     usage: dict[str, np.ndarray] = {}
     start = 0
@@ -61,9 +61,8 @@ def score_dataset(
             if map_size != size:
                 pix = torch.nn.functional.adaptive_avg_pool2d(pix[:, None], map_size)[:, 0]
             maps[start:stop] = pix.cpu().numpy()
-            if batch.mask is not None:
+            if masks is not None and batch.mask is not None:
                 masks[start:stop] = batch.mask[:, 0].numpy() > 0.5
-                any_mask = True
             scores.append(scored.score.double().cpu().numpy())
             concepts.append(out.concept.cpu().numpy())
             for level, idx in out.codes.items():
@@ -76,7 +75,7 @@ def score_dataset(
             start = stop
             bar.update(len(batch.path))
     return ScoredSet(paths, classes, np.asarray(labels, dtype=int), np.concatenate(scores), maps,
-                     masks if any_mask else None, np.concatenate(concepts), usage)
+                     masks, np.concatenate(concepts), usage)
 
 
 def class_metrics(s: ScoredSet, mask_classes: frozenset[str] | set[str]) -> dict:
@@ -92,14 +91,13 @@ def class_metrics(s: ScoredSet, mask_classes: frozenset[str] | set[str]) -> dict
     return summarize(per_class)
 
 
-def scores_csv(s: ScoredSet, extra: dict[str, list] | None = None) -> str:
-    """path, class, label, score (+ extra columns), one row per image."""
+def scores_csv(s: ScoredSet) -> str:
+    """path, class, label, score, one row per image."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    extra = extra or {}
-    w.writerow(["path", "class", "label", "score", *extra])
+    w.writerow(["path", "class", "label", "score"])
     for i in range(len(s.paths)):
-        w.writerow([s.paths[i], s.classes[i], int(s.labels[i]), f"{s.scores[i]:.8g}", *(v[i] for v in extra.values())])
+        w.writerow([s.paths[i], s.classes[i], int(s.labels[i]), f"{s.scores[i]:.8g}"])
     return buf.getvalue()
 
 

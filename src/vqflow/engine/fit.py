@@ -127,8 +127,8 @@ def calibrate(
 ) -> dict:
     """Training-normal statistics and verdict thresholds, fixed at fit time (no test labels).
 
-    Scores come from the held-out normals when there are any, else from training normals
-    (then thresholds are optimistic: the README says so).
+    Scores come from the held-out normals when there are any, else from training normals,
+    which the model has seen (thresholds then run low; calibration records the source).
     """
     head.eval()
     size = cfg.data.image_size

@@ -38,10 +38,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def mul_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
     """The "mul" map. Per image: 1 - exp(M - max M), M = sum_s l_s. With training
     statistics: the NLL -M standardised by its mean and std over training-normal pixels."""
-    m = loglik.sum(1)
     if stats is None:
-        return 1 - torch.exp(m - m.flatten(1).max(1).values[:, None, None])
-    return (-m - stats.mul_mean) / stats.mul_std
+        return 1 - torch.exp(-nll_map(loglik))
+    return nll_map(loglik, stats)
 
 
 def nll_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
