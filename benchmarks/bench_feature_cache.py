@@ -15,7 +15,7 @@ import torch
 
 from vqflow import config
 from vqflow.data import ImageDataset, load_data
-from vqflow.engine.build import build_backbone, build_head
+from vqflow.engine.build import build_backbone, build_detector, build_head
 from vqflow.engine.features import extract_features
 from vqflow.model.vqflow import vqflow_loss
 
@@ -44,12 +44,13 @@ def main() -> None:
     records = load_data(["demo"]).train[: args.images]
     ds = ImageDataset(records, cfg.data.image_size)
     backbone = build_backbone(cfg, torch.device("cpu"))
+    det = build_detector(cfg, backbone, build_head(cfg, backbone.channels)).eval()
     result = {"images": len(records), "threads": torch.get_num_threads(), "batch_size": cfg.train.batch_size}
     t0 = time.perf_counter()
-    cached = extract_features(backbone, ds, cfg.data.image_size, torch.device("cpu"), mode="memory", quiet=True)
+    cached = extract_features(det.features, ds, cfg.data.image_size, torch.device("cpu"), mode="memory", quiet=True)
     result["extract_seconds"] = time.perf_counter() - t0
     channels = tuple(int(t.shape[1]) for t in cached.get(torch.arange(1), torch.device("cpu")))
-    live = extract_features(backbone, ds, cfg.data.image_size, torch.device("cpu"), mode="off")
+    live = extract_features(det.features, ds, cfg.data.image_size, torch.device("cpu"), mode="off")
     for name, source in (("cached", cached), ("live", live)):
         torch.manual_seed(0)
         head = build_head(cfg, channels)

@@ -40,8 +40,26 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
     return _evaluate(run, device=device, quiet=quiet, report=report)
 
 
-def predict(run: str | Path, inputs: list[str], out: str | Path, device: str = "auto", quiet: bool = False) -> list[dict]:
-    """Scores, verdicts and heatmaps for new images; rows as in OUT/scores.csv."""
+def predict(run: str | Path | None, inputs: list[str], out: str | Path, device: str = "auto", quiet: bool = False,
+            threshold: float | None = None, heatmaps: bool = True, save_maps: bool = False,
+            onnx: str | Path | None = None) -> list[dict]:
+    """Scores, verdicts and heatmaps for new images; rows as in OUT/scores.csv. `onnx`: an
+    exported model file to run instead of the run's torch detector."""
     from vqflow.engine.predict import predict as _predict
 
-    return _predict(run, [str(i) for i in inputs], out, device=device, quiet=quiet)
+    return _predict(run, [str(i) for i in inputs], out, device=device, quiet=quiet, threshold=threshold,
+                    heatmaps=heatmaps, save_maps=save_maps, onnx=onnx)
+
+
+def load_detector(run: str | Path, device: str = "auto"):  # noqa: ANN201 - Detector, imported lazily
+    """The run's calibrated Detector (an nn.Module: images -> Prediction), in eval mode."""
+    from vqflow.engine.build import load_run
+
+    return load_run(run, device).detector
+
+
+def export(run: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the run's detector as ONNX (+ JSON sidecar); returns both paths."""
+    from vqflow.export.onnx import export_onnx
+
+    return export_onnx(run, out)

@@ -1,4 +1,4 @@
-"""The `vqflow` command: fit, test, predict, demo."""
+"""The `vqflow` command: fit, test, predict, export, demo."""
 
 from __future__ import annotations
 
@@ -58,10 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("predict", help="score new images: scores.csv, heatmaps, verdicts")
-    p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
+    p.add_argument("--run", help="run folder written by 'vqflow fit'")
+    p.add_argument("--onnx", metavar="FILE", help="an exported model (vqflow export) instead of --run; "
+                   "runs on onnxruntime without torch")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--out", required=True, help="folder for scores.csv and heatmaps")
+    p.add_argument("--out", required=True, help="folder for scores.csv, heatmaps/ and maps/")
+    p.add_argument("--threshold", type=float, help="verdict threshold on the score, instead of the calibrated ones")
+    p.add_argument("--save-maps", action="store_true", help="also write each raw float map as maps/NAME.npy "
+                   "(at the input's own resolution)")
+    p.add_argument("--no-heatmaps", action="store_true", help="write scores.csv only (fastest)")
     p.add_argument("--device", default="auto")
+    _common(p)
+
+    p = sub.add_parser("export", help="write the run's detector as one ONNX graph plus a JSON sidecar")
+    p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
+    p.add_argument("--out", help="output file (default RUN/export/model.onnx; the sidecar goes beside it as .json)")
+    p.add_argument("--check", nargs="*", metavar="IMAGE_OR_FOLDER",
+                   help="compare ONNX Runtime with torch on these images (default: the run's held-out "
+                        "normals are not stored, so a seeded noise batch); needs onnxruntime")
     _common(p)
 
     p = sub.add_parser("demo", help="the embedded default: fast preset on the demo set, then test and report")
@@ -123,9 +138,42 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vqflow.engine.predict import predict
 
-    rows = predict(args.run, args.inputs, args.out, device=args.device, quiet=args.quiet)
+    if args.run is None and args.onnx is None:
+        raise VQFlowError("predict needs --run DIR (a trained run) or --onnx FILE (an exported model)")
+    rows = predict(args.run, args.inputs, args.out, device=args.device, quiet=args.quiet, threshold=args.threshold,
+                   heatmaps=not args.no_heatmaps, save_maps=args.save_maps, onnx=args.onnx)
     failed = sum(1 for r in rows if r["error"])
-    print(f"{len(rows) - failed} image(s) scored, {failed} unreadable; results in {Path(args.out) / 'scores.csv'}")
+    flagged = sum(1 for r in rows if r["verdict"] == "anomalous")
+    print(f"{len(rows) - failed} image(s) scored ({flagged} anomalous), {failed} unreadable; "
+          f"results in {Path(args.out) / 'scores.csv'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vqflow.export.onnx import export_onnx
+
+    path, side = export_onnx(args.run, args.out)
+    print(f"exported {path} and {side}")
+    if args.check is not None:
+        import numpy as np
+
+        from vqflow.export.onnx import check_parity
+        from vqflow.export.sidecar import Sidecar
+        from vqflow.imageio import model_input, read_rgb
+
+        size = Sidecar.read(side).input_size
+        if args.check:
+            from vqflow.engine.predict import collect_images
+
+            files = [f for f, _ in collect_images(args.check)][:16]
+            images = np.stack([model_input(read_rgb(f), size) for f in files])
+        else:
+            images = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
+        parity = check_parity(args.run, path, images)
+        print(f"parity on {parity.images} image(s): max |onnx - torch| / range: score {parity.score:.2e}, "
+              f"map {parity.anomaly_map:.2e}; concepts differing: {parity.concept_mismatches}")
+        if not parity.ok():
+            raise VQFlowError(f"the ONNX graph {path} differs from the torch model beyond 1e-4 of the output range")
     return 0
 
 
@@ -151,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # fast preset's, took 8.5 minutes and scores higher: `vqflow demo --epochs 40`).
 DEMO_EPOCHS = 30
 
-COMMANDS = {"fit": cmd_fit, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo}
+COMMANDS = {"fit": cmd_fit, "test": cmd_test, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + e.signum
         if args.debug or os.environ.get("VQFLOW_DEBUG"):
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: unexpected {type(e).__name__}: {first} (run again with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 

@@ -10,9 +10,7 @@ from torch.utils.data import Dataset
 from vqflow.data.images import read_image, read_mask
 from vqflow.data.sample import Record, Sample
 from vqflow.errors import VQFlowError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vqflow.imageio import IMAGENET_MEAN, IMAGENET_STD, model_input
 
 _MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
@@ -38,7 +36,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         img = read_image(record)
-        image = normalize(img.resize((self.size, self.size), Image.Resampling.LANCZOS))
+        image = torch.from_numpy(model_input(img, self.size))
         mask = None
         if record.mask_path is not None:
             mask = self._mask(record, img.size)
@@ -59,13 +57,6 @@ class ImageDataset(Dataset):
             (self.size, self.size), Image.Resampling.NEAREST
         )
         return torch.from_numpy((np.asarray(small) > 0).astype(np.float32))[None]
-
-
-def normalize(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32 tensor, ImageNet mean/std normalised."""
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return (tensor - _MEAN) / _STD
 
 
 def denormalize(tensor: torch.Tensor) -> np.ndarray:

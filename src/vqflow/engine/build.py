@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from vqflow.backbones import create_backbone
+from vqflow.calibration import Calibration
 from vqflow.config import Config, from_dict
 from vqflow.engine.checkpoint import load_checkpoint
 from vqflow.errors import VQFlowError
-from vqflow.model.detector import AnomalyDetector
-from vqflow.model.scores import ScoreStats
+from vqflow.model.detector import Detector
 from vqflow.model.vqflow import VQFlow
 
 
@@ -48,22 +48,36 @@ def build_backbone(cfg: Config, device: torch.device) -> torch.nn.Module:
 
 
 def build_head(cfg: Config, channels: tuple[int, int, int, int]) -> VQFlow:
-    return VQFlow(cfg.model, channels)
+    """The VQ-Flow head of `cfg.model` for backbone stages of `channels` (config -> plain arguments)."""
+    m = cfg.model
+    return VQFlow(
+        tuple(channels), global_dim=m.global_dim, pos_dim=m.pos_dim, num_concepts=m.num_concepts,
+        num_patterns=m.num_patterns, flow_blocks=tuple(m.flow_blocks), subnet_hidden=m.subnet_hidden,
+        fusion_hidden=m.fusion_hidden, clamp=m.clamp, quantize=m.quantize, concept_patterns=m.concept_patterns,
+        latent=m.latent, latent_logdet=m.latent_logdet, vq_init=m.vq_init, vq_decay=m.vq_decay,
+    )  # fmt: skip
+
+
+def build_detector(cfg: Config, backbone: torch.nn.Module, head: VQFlow, calibration: Calibration | None = None) -> Detector:
+    """The inference module of `cfg.score` over a backbone and a head."""
+    s = cfg.score
+    return Detector(backbone, head, image_map=s.image_map, pixel_map=s.pixel_map, topk=s.topk,
+                    blur_sigma=s.blur_sigma, normalization=s.normalization, calibration=calibration)
 
 
 @dataclass
 class TrainedRun:
-    """A run folder's config, detector and calibration, ready to score images."""
+    """A run folder's config and its calibrated detector, ready to score images."""
 
     folder: Path
     cfg: Config
-    detector: AnomalyDetector
+    detector: Detector
     payload: dict
     device: torch.device
 
     @property
-    def thresholds(self) -> dict:
-        return self.payload.get("calibration", {}).get("thresholds", {})
+    def calibration(self) -> Calibration:
+        return self.detector.calibration
 
 
 def checkpoint_path(run: Path, which: str = "auto") -> Path:
@@ -85,13 +99,11 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
     backbone = build_backbone(cfg, dev)
     head = build_head(cfg, tuple(payload["feature_channels"]))
     head.load_state_dict(payload["model"])
-    head.to(dev).eval()
-    stats_dict = payload.get("calibration", {}).get("stats")
-    stats = ScoreStats(**stats_dict) if stats_dict else None
-    if stats is None and cfg.score.normalization == "train":
+    calibration = Calibration.from_dict(payload.get("calibration"), f"the calibration in {folder}")
+    if not calibration.ready and which == "auto":
         raise VQFlowError(
-            f"run {folder} has no training statistics (fit did not finish); continue it with "
+            f"run {folder} has no calibration (fit did not finish); continue it with "
             f"'vqflow fit --out {folder} --resume'"
         )
-    detector = AnomalyDetector(backbone, head, cfg.score, stats).to(dev).eval()
+    detector = build_detector(cfg, backbone, head, calibration).to(dev).eval()
     return TrainedRun(folder, cfg, detector, payload, dev)

@@ -18,7 +18,6 @@ from vqflow.data.sample import collate
 from vqflow.engine.build import TrainedRun, inference_batch_size, load_run
 from vqflow.engine.progress import progress, say
 from vqflow.metrics import METRIC_KEYS, compute_class_metrics, summarize
-from vqflow.model.layers import pool_features
 
 
 @dataclass
@@ -43,6 +42,7 @@ def score_dataset(
     det, dev, cfg = run.detector, run.device, run.cfg
     size = cfg.data.image_size
     map_size = map_size or size
+    books = {k: q.codebook.shape[0] for k, q in det.head.quantizers().items()}
     loader = DataLoader(dataset, batch_size=inference_batch_size(cfg, dev), shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate)
     n = len(dataset)
@@ -54,20 +54,18 @@ def score_dataset(
     start = 0
     with torch.no_grad(), progress(total=n, desc=desc, unit="img", quiet=quiet) as bar:
         for batch in loader:
-            feats = pool_features(det.backbone(batch.image.to(dev)))
-            scored, out = det.score_features(feats, size)
+            pred = det(batch.image.to(dev))
             stop = start + len(batch.path)
-            pix = scored.pixel_map
+            pix = pred.anomaly_map
             if map_size != size:
                 pix = torch.nn.functional.adaptive_avg_pool2d(pix[:, None], map_size)[:, 0]
             maps[start:stop] = pix.cpu().numpy()
             if masks is not None and batch.mask is not None:
                 masks[start:stop] = batch.mask[:, 0].numpy() > 0.5
-            scores.append(scored.score.double().cpu().numpy())
-            concepts.append(out.concept.cpu().numpy())
-            for level, idx in out.codes.items():
-                k = det.head.quantizers()[level].codebook.shape[0]
-                counts = np.bincount(idx.flatten().cpu().numpy(), minlength=k)
+            scores.append(pred.score.double().cpu().numpy())
+            concepts.append(pred.concept.cpu().numpy())
+            for level, idx in pred.codes.items():
+                counts = np.bincount(idx.flatten().cpu().numpy(), minlength=books[level])
                 usage[level] = usage.get(level, 0) + counts
             labels += batch.label.tolist()
             paths += batch.path
@@ -150,7 +148,7 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
             title=folder.resolve().name, metrics=metrics, paths=scored.paths, classes=scored.classes,
             labels=scored.labels, scores=scored.scores, maps=scored.maps, masks=scored.masks,
             images=lambda i: denormalize(dataset[i].image), concepts=scored.concepts,
-            code_usage=scored.code_usage, notes=notes,
+            code_usage=scored.code_usage, notes=notes, map_range=tr.calibration.map_range,
         )
         path = write_report(folder, data)
         say(f"report: {path}", quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vqflow.data.sample import collate
-from vqflow.model.layers import pool_features
 from vqflow.engine.progress import progress
+
+FeaturesFn = Callable[[torch.Tensor], list[torch.Tensor]]  # images -> pooled (h1, h2, h3, f4): Detector.features
 
 
 class FeatureSource:
@@ -30,16 +32,15 @@ class FeatureSource:
 class LiveFeatures(FeatureSource):
     """No cache: read the images and run the backbone for every batch."""
 
-    def __init__(self, backbone: torch.nn.Module, dataset: Dataset):
-        self.backbone, self.dataset = backbone, dataset
+    def __init__(self, features: FeaturesFn, dataset: Dataset):
+        self.features, self.dataset = features, dataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def get(self, index: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
         batch = collate([self.dataset[int(i)] for i in index])
-        with torch.no_grad():
-            return pool_features(self.backbone(batch.image.to(device)))
+        return self.features(batch.image.to(device))
 
 
 class CachedFeatures(FeatureSource):
@@ -71,15 +72,15 @@ class CachedFeatures(FeatureSource):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def feature_shapes(backbone: torch.nn.Module, size: int, device: torch.device) -> list[tuple[int, ...]]:
+def feature_shapes(features: FeaturesFn, size: int, device: torch.device) -> list[tuple[int, ...]]:
     """Shapes (C, H, W) of the pooled features at an input size, from one dry run."""
     with torch.no_grad():
-        feats = pool_features(backbone(torch.zeros(1, 3, size, size, device=device)))
+        feats = features(torch.zeros(1, 3, size, size, device=device))
     return [tuple(f.shape[1:]) for f in feats]
 
 
 def extract_features(
-    backbone: torch.nn.Module,
+    features: FeaturesFn,
     dataset: Dataset,
     size: int,
     device: torch.device,
@@ -91,15 +92,16 @@ def extract_features(
     desc: str = "features",
     quiet: bool = False,
 ) -> FeatureSource:
-    """Run the backbone once over `dataset` and keep the pooled features (memory or disk).
+    """Run `features` (the detector's backbone and pooling) once over `dataset` and keep the
+    pooled features (memory or disk).
 
     mode: "memory", "disk" (numpy memmaps under `folder`), "off" (no cache), or "auto"
     (memory when the features fit in `memory_gb`, else disk).
     """
     if mode == "off":
-        return LiveFeatures(backbone, dataset)
+        return LiveFeatures(features, dataset)
     n = len(dataset)  # type: ignore[arg-type]
-    shapes = feature_shapes(backbone, size, device)
+    shapes = feature_shapes(features, size, device)
     nbytes = n * sum(int(np.prod(s)) for s in shapes) * 4
     if mode == "auto":
         mode = "memory" if nbytes <= memory_gb * 2**30 or folder is None else "disk"
@@ -118,7 +120,7 @@ def extract_features(
     start = 0
     with torch.no_grad(), progress(total=n, desc=desc, unit="img", quiet=quiet) as bar:
         for batch in loader:
-            feats = pool_features(backbone(batch.image.to(device)))
+            feats = features(batch.image.to(device))
             stop = start + batch.image.shape[0]
             for lv, f in zip(levels, feats):
                 lv[start:stop] = f.cpu() if isinstance(lv, torch.Tensor) else f.cpu().numpy()

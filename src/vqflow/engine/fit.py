@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -20,14 +19,16 @@ from torch.nn.parallel import DistributedDataParallel
 from vqflow.config import Config, save_yaml
 from vqflow.data import ImageDataset, load_data
 from vqflow.data.sample import Record
-from vqflow.engine.build import build_backbone, build_head, inference_batch_size, resolve_device, seed_everything
+from vqflow.engine.build import (
+    build_backbone, build_detector, build_head, inference_batch_size, resolve_device, seed_everything,
+)
+from vqflow.engine.calibrate import calibrate
 from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint
 from vqflow.engine.distributed import DistContext, init_distributed, shutdown
 from vqflow.engine.features import FeatureSource, extract_features
 from vqflow.engine.progress import progress, say
 from vqflow.errors import VQFlowError
-from vqflow.model.detector import AnomalyDetector
-from vqflow.model.scores import ScoreStats, log_likelihood_maps
+from vqflow.model.detector import Detector
 from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
 
 
@@ -99,18 +100,6 @@ def stop_on_signals() -> Iterator[dict]:
             signal.signal(s, h)
 
 
-def usage_summary(head: VQFlow) -> dict[str, dict]:
-    """Codes used and perplexity of each codebook over the epoch so far."""
-    out = {}
-    for name, q in head.quantizers().items():
-        counts = q.usage_counts.detach().cpu().double()
-        total = counts.sum().item()
-        p = counts / max(total, 1.0)
-        ent = -(p[p > 0] * p[p > 0].log()).sum().item()
-        out[name] = {"used": int((counts > 0).sum()), "codes": int(counts.numel()), "perplexity": math.exp(ent)}
-    return out
-
-
 def mean_nll(head: VQFlow, source: FeatureSource, batch_size: int, device: torch.device) -> float:
     """Mean NLL (nats/dim) of a feature source, the head in eval mode."""
     head.eval()
@@ -120,46 +109,6 @@ def mean_nll(head: VQFlow, source: FeatureSource, batch_size: int, device: torch
             nll = nll_per_dim(head(source.get(idx, device)))
             total, n = total + float(nll.sum()), n + len(idx)
     return total / max(n, 1)
-
-
-def calibrate(
-    head: VQFlow, cfg: Config, train_src: FeatureSource, val_src: FeatureSource | None, device: torch.device
-) -> dict:
-    """Training-normal statistics and verdict thresholds, fixed at fit time (no test labels).
-
-    Scores come from the held-out normals when there are any, else from training normals,
-    which the model has seen (thresholds then run low; calibration records the source).
-    """
-    head.eval()
-    size = cfg.data.image_size
-    bs = cfg.train.batch_size
-    n_stats = min(len(train_src), 64)  # at full size, as scoring sees them
-    with torch.no_grad():
-        ll = [log_likelihood_maps(head(train_src.get(i, device)).u, size).cpu() for i in torch.arange(n_stats).split(bs)]
-    stats = ScoreStats.from_loglik(torch.cat(ll))
-    detector = AnomalyDetector(torch.nn.Identity(), head, cfg.score, stats)
-    src = val_src if val_src is not None and len(val_src) > 0 else train_src
-    scores, concepts, pixels = [], [], []
-    with torch.no_grad():
-        for idx in torch.arange(len(src)).split(bs):
-            scored, out = detector.score_features(src.get(idx, device), size)
-            scores.append(scored.score.cpu())
-            concepts.append(out.concept.cpu())
-            pixels.append(scored.pixel_map[:, ::8, ::8].flatten().cpu())
-    score = torch.cat(scores).double().numpy()
-    concept = torch.cat(concepts).numpy()
-    pix = torch.cat(pixels).double().numpy()
-    q = cfg.score.threshold_quantile
-    per_concept = {}
-    for c in np.unique(concept):
-        sel = score[concept == c]
-        if len(sel) >= cfg.score.min_concept_images:
-            per_concept[str(int(c))] = float(np.quantile(sel, q))
-    thresholds = {"global": float(np.quantile(score, q)), "per_concept": per_concept, "quantile": q,
-                  "source": "validation" if src is val_src else "training", "n": int(len(score))}
-    # Heatmap colour range: from the typical normal pixel to the most anomalous normal pixel.
-    map_range = [float(np.median(pix)), float(np.quantile(pix, 0.9999))]
-    return {"stats": asdict(stats), "thresholds": thresholds, "map_range": map_range}
 
 
 def fit(cfg: Config, out: str | Path, resume: bool = False, quiet: bool = False) -> Path:
@@ -206,16 +155,18 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
             f"{len({r.cls for r in splits.train})} classes, device {device}", quiet)
 
     backbone = build_backbone(cfg, device)
+    seed_everything(cfg.train.seed)
+    det = build_detector(cfg, backbone, build_head(cfg, backbone.channels).to(device))
     size = cfg.data.image_size
     common = dict(size=size, device=device, mode=cfg.train.feature_cache, memory_gb=cfg.train.cache_memory_gb,
                   batch_size=inference_batch_size(cfg, device), num_workers=cfg.data.num_workers, quiet=quiet)
     cache_dir = out / f".feature_cache_rank{ctx.rank}"
-    train_src = extract_features(backbone, ImageDataset(train_recs, size), folder=cache_dir / "train",
+    train_src = extract_features(det.features, ImageDataset(train_recs, size), folder=cache_dir / "train",
                                  desc="train features", **common)
-    val_src = (extract_features(backbone, ImageDataset(val_recs, size), folder=cache_dir / "val",
+    val_src = (extract_features(det.features, ImageDataset(val_recs, size), folder=cache_dir / "val",
                                 desc="val features", **common) if val_recs else None)
     try:
-        _train(cfg, out, payload, quiet, device, ctx, train_src, val_src)
+        _train(cfg, out, payload, quiet, device, ctx, det, train_src, val_src, [r.cls for r in train_recs])
     finally:
         train_src.close()
         if val_src is not None:
@@ -227,15 +178,13 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
 
 def _train(
     cfg: Config, out: Path, payload: dict | None, quiet: bool, device: torch.device, ctx: DistContext,
-    train_src: FeatureSource, val_src: FeatureSource | None,
+    det: Detector, train_src: FeatureSource, val_src: FeatureSource | None, train_classes: list[str],
 ) -> None:
     """Epochs, per-epoch checkpoints and log, then the final model with its calibration."""
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.pt"
-    channels = tuple(int(t.shape[1]) for t in train_src.get(torch.arange(1), device))
-
-    seed_everything(cfg.train.seed)
-    head = build_head(cfg, channels).to(device)  # type: ignore[arg-type]
+    head = det.head
+    channels = head.feature_channels
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.train.lr)
     start_epoch, skip_steps, history, best = 0, 0, [], {"val_nll": math.inf, "epoch": None}
     if payload is not None:
@@ -244,15 +193,14 @@ def _train(
         start_epoch, skip_steps = payload["epoch"], payload["step"]
         history, best = payload["history"], payload["best"]
         torch.set_rng_state(payload["rng"])
-        for k, q in head.quantizers().items():
-            q.generator.set_state(payload["vq_rng"][k])
+        head.set_random_states(payload["vq_rng"])
         say(f"resuming at epoch {start_epoch + 1}, step {skip_steps}", quiet)
     model = DistributedDataParallel(head) if ctx.enabled else head
 
     def state(epoch: int, step: int) -> dict:
         return {"config": cfg.to_dict(), "feature_channels": list(channels), "epoch": epoch, "step": step,
                 "model": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                "vq_rng": {k: q.generator.get_state() for k, q in head.quantizers().items()},
+                "vq_rng": head.random_states(),
                 "history": history, "best": best}
 
     log_path = out / "train_log.jsonl"
@@ -264,8 +212,7 @@ def _train(
             batches = epoch_batches(len(train_src), cfg.train.batch_size, cfg.train.seed, epoch, ctx)
             head.train()
             if skip_steps == 0:
-                for q in head.quantizers().values():
-                    q.reset_usage()
+                head.on_epoch_start()
             t0, losses = time.time(), []
             bar = progress(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", quiet=quiet)
             bar.update(skip_steps)
@@ -291,12 +238,10 @@ def _train(
                     raise TrainingInterrupted(last, flag["signum"])
             bar.close()
             skip_steps = 0
-            if cfg.model.vq_init == "reference":  # the authors' end-of-epoch dead-code rule
-                for q in head.quantizers().values():
-                    q.reassign_unused()
+            head.on_epoch_end()
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
-                      "codebooks": usage_summary(head)}
+                      "codebooks": head.codebook_usage()}
             if val_src is not None:
                 record["val_nll"] = mean_nll(head, val_src, cfg.train.batch_size, device)
                 if record["val_nll"] < best["val_nll"]:
@@ -316,7 +261,11 @@ def _train(
             head.load_state_dict(chosen["model"])
         final = state(epochs, 0)
         final["chosen_epoch"] = best["epoch"] if cfg.train.select == "val" and best["epoch"] else epochs
-        final["calibration"] = calibrate(head, cfg, train_src, val_src, device)
+        sc = cfg.score
+        final["calibration"] = calibrate(
+            det, train_src, val_src, train_classes, (cfg.data.image_size, cfg.data.image_size),
+            sc.threshold_quantile, sc.min_concept_images, cfg.train.batch_size, device,
+        ).to_dict()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
 

@@ -1,93 +1,242 @@
-"""Prediction on new images: score, heatmap overlay and verdict per image, scores.csv."""
+"""Prediction on new images: score, verdict, heatmap (at the input's own resolution) per image.
+
+The model runs as a torch Detector (`--run`) or as an exported ONNX graph (`--onnx`); both
+feed the same pipeline: images are read ahead in a thread, outputs written behind in
+another, so that decoding and PNG encoding overlap the model.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from vqflow.atomic import atomic_write_text
-from vqflow.data import ImageDataset, denormalize
-from vqflow.data.sample import Record, Sample, collate
-from vqflow.engine.build import TrainedRun, inference_batch_size, load_run
-from vqflow.engine.progress import progress
+from vqflow.atomic import atomic_path, atomic_write_text
+from vqflow.calibration import Calibration
+from vqflow.engine.progress import progress, warn
 from vqflow.errors import VQFlowError
-from vqflow.report import overlay, save_png
+from vqflow.imageio import model_input, read_rgb, resize_map
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
-COLUMNS = ["path", "class", "label", "score", "verdict", "threshold", "concept", "heatmap", "error"]
+COLUMNS = ["path", "class", "label", "score", "verdict", "threshold", "concept", "concept_class", "heatmap",
+           "map", "error"]
+
+# images (B, 3, H, W) float32 -> scores (B,), maps (B, H, W), concepts (B,)
+BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Files as given, and image files (by suffix) found recursively in folders, sorted."""
-    found: list[Path] = []
+@dataclass
+class Model:
+    """What the pipeline needs of a model, whichever runtime runs it."""
+
+    run_batch: BatchFn
+    input_size: tuple[int, int]  # (H, W)
+    calibration: Calibration
+    batch_size: int
+    folder: Path | None = None  # the run folder, when there is one
+
+
+def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, root) pairs: files as given (root: their folder), and image files (by suffix)
+    found recursively in folders (root: that folder), in sorted order."""
+    found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise VQFlowError(f"folder {p} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            found += files
+            found += [(f, p) for f in files]
         elif p.is_file():
-            found.append(p)
+            found.append((p, p.parent))
         else:
             raise VQFlowError(f"{p} does not exist; pass image files or folders")
     return found
 
 
-def threshold_for(run: TrainedRun, concept: int) -> float:
-    """The concept's own threshold where fit had enough held-out normals of it, else the global one."""
-    th = run.thresholds
-    return float(th.get("per_concept", {}).get(str(concept), th["global"]))
+def output_names(files: list[tuple[Path, Path]]) -> list[str]:
+    """A stable output stem per input, from its path below its root ('good/000' for
+    root/good/000.png), whatever the order of the inputs; where two inputs would share a
+    stem, each gets a short hash of its full path."""
+    stems = [f.relative_to(root).with_suffix("").as_posix() for f, root in files]
+    seen: dict[str, int] = {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+    out = []
+    for (f, _), s in zip(files, stems):
+        if seen[s] > 1:
+            s = f"{s}_{hashlib.sha1(str(f.resolve()).encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+        out.append(s)
+    return out
 
 
-def predict(run: str | Path, inputs: list[str], out: str | Path, device: str = "auto", quiet: bool = False) -> list[dict]:
-    """Score images; write OUT/scores.csv and OUT/heatmaps/*.png. Unreadable files get an
-    error in their row and the rest still get results."""
-    tr = load_run(run, device)
-    if not tr.thresholds:
-        raise VQFlowError(
-            f"run {tr.folder} has no verdict thresholds (fit did not finish); continue it with "
-            f"'vqflow fit --out {tr.folder} --resume'"
-        )
-    paths = collect_images(inputs)
+def _load(path: Path, size: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """(width, height), the RGB pixels and the model input of one file."""
+    img = read_rgb(path)
+    return img.size, np.asarray(img), model_input(img, size)
+
+
+def _read_ahead(paths: list[Path], size: tuple[int, int], pool: ThreadPoolExecutor, depth: int) -> Iterator:
+    """Loaded images in order, read `depth` files ahead in `pool`; a failure comes back as
+    the VQFlowError in place of the image."""
+    pending: deque[Future] = deque()
+    it = iter(paths)
+    for p in it:
+        pending.append(pool.submit(_load, p, size))
+        if len(pending) >= depth:
+            break
+    while pending:
+        fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(_load, nxt, size))
+        try:
+            yield fut.result()
+        except VQFlowError as e:
+            yield e
+
+
+def _write(row: dict, rgb: np.ndarray, amap: np.ndarray, calibration: Calibration, heatmap: Path | None,
+           raw: Path | None) -> None:
+    """Heatmap PNG (calibrated colour range, colour bar) and raw .npy map of one image."""
+    if heatmap is not None:
+        from vqflow.report.overlay import overlay, save_png, with_colorbar
+
+        lo, hi = calibration.map_range
+        save_png(with_colorbar(overlay(rgb, amap, vmin=lo, vmax=hi), lo, hi), heatmap)
+        row["heatmap"] = str(heatmap)
+    if raw is not None:
+        with atomic_path(raw) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, amap.astype(np.float32))
+        row["map"] = str(raw)
+
+
+def run_predict(
+    model: Model,
+    inputs: list[str],
+    out: str | Path,
+    threshold: float | None = None,
+    heatmaps: bool = True,
+    save_maps: bool = False,
+    quiet: bool = False,
+) -> list[dict]:
+    """Score images with `model`; write OUT/scores.csv, OUT/heatmaps/*.png and (save_maps)
+    OUT/maps/*.npy, maps at each input's own resolution. Each unreadable file is named on
+    stderr and in its row; when no file could be read at all, VQFlowError."""
     out = Path(out)
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    size = tr.cfg.data.image_size
-    dataset = ImageDataset([Record(str(p), 0, "") for p in paths], size)
-    lo, hi = tr.payload.get("calibration", {}).get("map_range", [None, None])
-    rows: list[dict] = []
-    pending: list[tuple[int, Sample]] = []
+    if model.folder is not None and out.resolve() == model.folder.resolve():
+        raise VQFlowError(f"--out {out} is the run folder itself; predict would overwrite the run's scores.csv, "
+                          "choose another folder")
+    if out.exists() and not out.is_dir():
+        raise VQFlowError(f"--out {out} is a file; choose a folder")
+    files = collect_images(inputs)
+    names = output_names(files)
+    paths = [f for f, _ in files]
+    cal = model.calibration
+    rows: list[dict] = [{k: "" for k in COLUMNS} | {"path": str(p)} for p in paths]
+    failed = 0
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
+            progress(total=len(paths), desc="predict", unit="img", quiet=quiet) as bar:
+        writes: deque[Future] = deque()
+        batch: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # index, input, pixels, (w, h)
 
-    def flush() -> None:
-        batch = collate([s for _, s in pending])
-        with torch.no_grad():
-            scores, maps, concepts = tr.detector(batch.image.to(tr.device))
-        for (i, sample), score, amap, concept in zip(pending, scores.tolist(), maps.cpu().numpy(), concepts.tolist()):
-            thr = threshold_for(tr, int(concept))
-            heat = out / "heatmaps" / f"{i:05d}_{paths[i].stem}.png"
-            save_png(overlay(denormalize(sample.image), amap, vmin=lo, vmax=hi), heat)
-            rows[i].update(score=f"{score:.8g}", verdict="anomalous" if score > thr else "normal",
-                           threshold=f"{thr:.8g}", concept=int(concept), heatmap=str(heat))
-        pending.clear()
+        def flush() -> None:
+            scores, maps, concepts = model.run_batch(np.stack([b[1] for b in batch]))
+            for (i, _, rgb, (w, h)), score, amap, concept in zip(batch, scores, maps, concepts):
+                thr = cal.threshold_for(int(concept)) if threshold is None else float(threshold)
+                rows[i].update(score=f"{float(score):.8g}", verdict="anomalous" if score > thr else "normal",
+                               threshold=f"{thr:.8g}", concept=int(concept),
+                               concept_class=cal.concept_classes.get(int(concept), ""))
+                while len(writes) > 4 * model.batch_size:  # bound what waits to be written
+                    writes.popleft().result()
+                writes.append(writer.submit(
+                    _write, rows[i], rgb, resize_map(amap, w, h), cal,
+                    out / "heatmaps" / f"{names[i]}.png" if heatmaps else None,
+                    out / "maps" / f"{names[i]}.npy" if save_maps else None,
+                ))
+            bar.update(len(batch))
+            batch.clear()
 
-    with progress(total=len(paths), desc="predict", unit="img", quiet=quiet) as bar:
-        for i, p in enumerate(paths):
-            rows.append({k: "" for k in COLUMNS} | {"path": str(p)})
-            try:
-                pending.append((i, dataset[i]))
-            except VQFlowError as e:
-                rows[i]["error"] = str(e)
-            if len(pending) == inference_batch_size(tr.cfg, tr.device):
+        for i, loaded in enumerate(_read_ahead(paths, model.input_size, reader, 2 * model.batch_size)):
+            if isinstance(loaded, VQFlowError):
+                rows[i]["error"] = str(loaded)
+                warn(str(loaded))
+                failed += 1
+                bar.update(1)
+                continue
+            size, rgb, x = loaded
+            batch.append((i, x, rgb, size))
+            if len(batch) == model.batch_size:
                 flush()
-            bar.update(1)
-        if pending:
+        if batch:
             flush()
+        while writes:
+            writes.popleft().result()  # re-raise a failed write (disk full...) here
+    if failed == len(paths):
+        raise VQFlowError(f"none of the {len(paths)} input image(s) could be read (see the lines above); "
+                          "nothing was scored")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
+    writer_csv = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer_csv.writeheader()
+    writer_csv.writerows(rows)
     atomic_write_text(out / "scores.csv", buf.getvalue())
     return rows
+
+
+def torch_model(run: str | Path, device: str = "auto") -> Model:
+    """A trained run's Detector (torch) behind the pipeline's interface."""
+    import torch
+
+    from vqflow.engine.build import inference_batch_size, load_run
+
+    tr = load_run(run, device)
+    det = tr.detector
+
+    def run_batch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            pred = det(torch.from_numpy(x).to(tr.device))
+        return (pred.score.double().cpu().numpy(), pred.anomaly_map.float().cpu().numpy(),
+                pred.concept.cpu().numpy())
+
+    size = tr.cfg.data.image_size
+    return Model(run_batch, (size, size), tr.calibration, inference_batch_size(tr.cfg, tr.device), tr.folder)
+
+
+def onnx_model(path: str | Path, batch_size: int = 4) -> Model:
+    """An exported ONNX graph (and its JSON sidecar) behind the pipeline's interface."""
+    from vqflow.export.inferencer import OnnxInferencer
+
+    inf = OnnxInferencer(path)
+    return Model(inf.run, inf.input_size, inf.calibration, batch_size)
+
+
+def predict(
+    run: str | Path | None,
+    inputs: list[str],
+    out: str | Path,
+    device: str = "auto",
+    quiet: bool = False,
+    threshold: float | None = None,
+    heatmaps: bool = True,
+    save_maps: bool = False,
+    onnx: str | Path | None = None,
+) -> list[dict]:
+    """Score images with a run's detector, or with an exported ONNX file (`onnx`); rows as in
+    OUT/scores.csv."""
+    if onnx is not None:
+        model = onnx_model(onnx)
+        if run is not None:
+            model.folder = Path(run)
+    elif run is not None:
+        model = torch_model(run, device)
+    else:
+        raise VQFlowError("predict needs --run DIR (a trained run) or --onnx FILE (an exported model)")
+    return run_predict(model, inputs, out, threshold=threshold, heatmaps=heatmaps, save_maps=save_maps, quiet=quiet)

@@ -16,3 +16,8 @@ def say(message: str, quiet: bool = False) -> None:
     """One status line on stderr (not written when quiet)."""
     if not quiet:
         tqdm.write(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """One 'warning: ...' line on stderr, printed even when quiet, without breaking a bar."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)

@@ -1,33 +1,92 @@
-"""The whole inference path in one module: frozen backbone, VQ-Flow head, scoring."""
+"""The one inference module: images -> backbone -> pooled features -> VQ-Flow head -> Prediction.
+
+`vqflow test`, `vqflow predict`, fit-time calibration, the Python API and the ONNX export all
+run this module; nothing else runs a backbone on an image or turns latents into scores.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from vqflow.config import ScoreConfig
+from vqflow.calibration import Calibration
+from vqflow.errors import VQFlowError
 from vqflow.model.layers import pool_features
-from vqflow.model.scores import Scored, ScoreStats, log_likelihood_maps, score_batch
-from vqflow.model.vqflow import VQFlow, VQFlowOutput
+from vqflow.model.scores import log_likelihood_maps, score_batch
+from vqflow.model.vqflow import VQFlow
+
+MAPS = ("mul", "add", "nll")
 
 
-class AnomalyDetector(nn.Module):
-    """images (B, 3, S, S), ImageNet-normalised -> (image scores (B,), maps (B, S, S), concept (B,))."""
+@dataclass
+class Prediction:
+    """What the detector says about a batch; maps are at the model's input size."""
 
-    def __init__(self, backbone: nn.Module, head: VQFlow, score: ScoreConfig, stats: ScoreStats | None = None):
+    score: torch.Tensor  # (B,) image anomaly score (higher = more anomalous)
+    anomaly_map: torch.Tensor  # (B, H, W) pixel anomaly map
+    concept: torch.Tensor  # (B,) long: the learned concept (CPC code) of each image
+    codes: dict[str, torch.Tensor] = field(default_factory=dict)  # codebook level -> code indices
+
+
+class Detector(nn.Module):
+    """Frozen backbone + VQ-Flow head + scoring, with its calibration as state.
+
+    images: (B, 3, H, W), ImageNet-normalised, at the size the head was trained on.
+    Scoring (METHOD.md 6): the image score is the top-`topk` mean of the `image_map`; the
+    pixel map is `pixel_map`; both blurred by `blur_sigma` px; `normalization` "image" makes
+    maps relative to each image's most normal pixel, "train" standardises them by the
+    training-normal statistics held in `calibration.stats`.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: VQFlow,
+        *,
+        image_map: str = "mul",
+        pixel_map: str = "add",
+        topk: float = 0.03,
+        blur_sigma: float = 0.0,
+        normalization: str = "image",
+        calibration: Calibration | None = None,
+    ):
         super().__init__()
-        self.backbone, self.head, self.score_cfg = backbone, head, score
-        self.stats = stats if score.normalization == "train" else None
+        if image_map not in MAPS or pixel_map not in MAPS:
+            raise VQFlowError(f"score maps must be among {', '.join(MAPS)}, got {image_map!r} and {pixel_map!r}")
+        if normalization not in ("image", "train"):
+            raise VQFlowError(f"score normalization must be 'image' or 'train', got {normalization!r}")
+        self.backbone, self.head = backbone, head
+        self.image_map, self.pixel_map, self.topk, self.blur_sigma = image_map, pixel_map, topk, blur_sigma
+        self.normalization = normalization
+        self.calibration = calibration or Calibration()
 
-    def score_features(self, feats: list[torch.Tensor], size: int) -> tuple[Scored, VQFlowOutput]:
-        """Scores from pooled features (h1, h2, h3, f4); the head must be in eval mode."""
-        out = self.head(feats)
-        loglik = log_likelihood_maps(out.u, size)
-        s = self.score_cfg
-        return score_batch(loglik, s.image_map, s.pixel_map, s.topk, s.blur_sigma, self.stats), out
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled backbone features (h1, h2, h3, f4): what the head (and the feature cache) takes."""
         with torch.no_grad():
-            feats = pool_features(self.backbone(images))
-        scored, out = self.score_features(feats, images.shape[-1])
-        return scored.score, scored.pixel_map, out.concept
+            return pool_features(self.backbone(images))
+
+    def log_likelihood(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """Per-scale log-likelihood maps (B, 3, H, W) at `size`, the codes and the concepts."""
+        out = self.head(feats)
+        return log_likelihood_maps(out.u, size), out.codes, out.concept
+
+    def predict_features(self, feats: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
+        """Prediction from pooled features (the head must be in eval mode)."""
+        loglik, codes, concept = self.log_likelihood(feats, size)
+        stats = None
+        if self.normalization == "train":
+            stats = self.calibration.stats
+            if stats is None:
+                raise VQFlowError("score.normalization=train needs training statistics; calibrate the detector first")
+        scored = score_batch(loglik, self.image_map, self.pixel_map, self.topk, self.blur_sigma, stats)
+        return Prediction(scored.score, scored.pixel_map, concept, codes)
+
+    def forward(self, images: torch.Tensor) -> Prediction:
+        return self.predict_features(self.features(images), (int(images.shape[-2]), int(images.shape[-1])))
+
+    def thresholds(self, concept: torch.Tensor) -> torch.Tensor:
+        """Each image's verdict threshold (its concept's, else the global one), (B,)."""
+        cal = self.calibration
+        return torch.tensor([cal.threshold_for(int(c)) for c in concept.tolist()], dtype=torch.float64)

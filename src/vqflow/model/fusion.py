@@ -17,6 +17,18 @@ from vqflow.model.coupling import ChannelLayerNorm, check_cond, conv3x3_macs
 _ATAN_FACTOR = 0.636
 
 
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Average-pool x to `size`: adaptive pooling, written as a plain average pool where the
+    sizes divide (the same windows; exporters need no input shape for it)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if (h, w) == size:
+        return x
+    if h % size[0] == 0 and w % size[1] == 0:
+        k = (h // size[0], w // size[1])
+        return F.avg_pool2d(x, k, k)
+    return F.adaptive_avg_pool2d(x, size)
+
+
 class FusionHalfStep(nn.Module):
     """One affine half-step over all scales: conditioning halves (widths `in_widths`) update the others.
 
@@ -48,13 +60,13 @@ class FusionHalfStep(nn.Module):
         self, halves: list[torch.Tensor], cond: torch.Tensor | None, small: tuple[int, int]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per scale, the soft-clamped log-scale and the shift for the transformed half."""
-        pooled = [h if tuple(h.shape[-2:]) == small else F.adaptive_avg_pool2d(h, small) for h in halves]
+        pooled = [pool_to(h, small) for h in halves]
         if cond is not None and self.cond_channels > 0:
             pooled.append(cond)
         mixed = F.relu(self.conv_out(F.relu(self.norm(self.conv_in(torch.cat(pooled, dim=1))))))
         params = []
         for half, part, head, w_out in zip(halves, mixed.split(self.in_widths, dim=1), self.heads, self.out_widths):
-            size = tuple(half.shape[-2:])
+            size = (int(half.shape[-2]), int(half.shape[-1]))
             if size != small:
                 part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
             st = head(part + half)
@@ -109,7 +121,7 @@ class FusionCoupling(nn.Module):
         for i, (x, c) in enumerate(zip(xs, self.channels)):
             if x.dim() != 4 or x.shape[1] != c:
                 raise VQFlowError(f"FusionCoupling scale {i} expects shape (B, {c}, H, W), got {tuple(x.shape)}")
-        small = (min(x.shape[2] for x in xs), min(x.shape[3] for x in xs))
+        small = (min(int(x.shape[2]) for x in xs), min(int(x.shape[3]) for x in xs))  # ints: constant in an export
         check_cond(cond, self.cond_channels, small, "FusionCoupling")
         return small
 

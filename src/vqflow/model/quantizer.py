@@ -106,6 +106,11 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int) -> tuple[torch.Ten
     return centers, counts
 
 
+def _tracing() -> bool:
+    """True while torch.jit / torch.onnx trace the module (export)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _distributed() -> bool:
     """True inside an initialised torch.distributed group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -211,6 +216,8 @@ class VectorQuantizer(nn.Module):
         if x.shape[-1] != self.dim:
             raise VQFlowError(f"quantizer input has {x.shape[-1]} channels, expected dim={self.dim}")
         lead = x.shape[:-1]
+        if _tracing():
+            return self._traced_lookup(x)
         with torch.no_grad():
             data = x.detach().reshape(-1, self.dim).float()
             if self.training and not bool(self.initialized):
@@ -226,6 +233,17 @@ class VectorQuantizer(nn.Module):
         p = counts.float() / max(1, idx.numel())
         entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
         return QuantizerOutput(quantized, idx.reshape(lead), commitment, entropy.exp(), counts)
+
+    def _traced_lookup(self, x: torch.Tensor) -> QuantizerOutput:
+        """Eval-mode lookup in ops every exporter knows (one distance matrix, no bincount):
+        what an exported graph runs. Usage and perplexity are not computed there."""
+        data = x.reshape(-1, self.dim).float()
+        d = squared_distances(data, self.codes).masked_fill(~self.active, float("inf"))
+        idx = d.argmin(1)
+        q = self.codes.index_select(0, idx).reshape(x.shape).to(x.dtype)
+        zero = x.new_zeros(())
+        usage = torch.zeros(self.num_codes, dtype=torch.long, device=x.device)
+        return QuantizerOutput(q, idx.reshape(x.shape[:-1]), zero, zero, usage)
 
     def _smoothed_sizes(self) -> torch.Tensor:
         """Laplace-smoothed cluster sizes (c + eps) / (n + K eps) * n, n = sum of sizes."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vqflow.calibration import ScoreStats
+
 
 def log_likelihood_maps(u: list[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
     """Per-pixel l_s = -0.5 * mean_channels(u_s^2), upsampled to `size`: (B, S, H, W)."""
@@ -70,28 +72,6 @@ def topk_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     flat = maps.flatten(1)
     k = max(1, int(math.ceil(fraction * flat.shape[1] - 1e-9)))  # 0.07 * 100 is 7, not 8
     return flat.topk(k, dim=1).values.mean(1)
-
-
-@dataclass
-class ScoreStats:
-    """Training-normal statistics for the dataset-level normalisation."""
-
-    mul_mean: float
-    mul_std: float
-    scale_mean: list[float]
-    scale_std: list[float]
-
-    @staticmethod
-    def from_loglik(loglik: torch.Tensor) -> ScoreStats:
-        """From (N, S, H, W) log-likelihood maps of training normals."""
-        nll = -loglik.sum(1)
-        per_scale = -loglik.transpose(0, 1).flatten(1)
-        return ScoreStats(
-            float(nll.mean()),
-            float(nll.std().clamp_min(1e-6)),
-            per_scale.mean(1).tolist(),
-            per_scale.std(1).clamp_min(1e-6).tolist(),
-        )
 
 
 @dataclass

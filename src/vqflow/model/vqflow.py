@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqflow.config import ModelConfig
 from vqflow.errors import VQFlowError
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
 from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d
@@ -30,43 +29,66 @@ class VQFlowOutput:
     commitment: torch.Tensor  # scalar: sum of the quantizers' commitment terms
     concept: torch.Tensor  # (B,) CPC code of each image (zeros without quantization)
     codes: dict[str, torch.Tensor] = field(default_factory=dict)  # level -> code indices
-    perplexity: dict[str, float] = field(default_factory=dict)
 
 
 class VQFlow(nn.Module):
     """Normalizing flows conditioned on hierarchical vector-quantized codebooks (METHOD.md 2)."""
 
-    def __init__(self, cfg: ModelConfig, feature_channels: tuple[int, int, int, int]):
+    def __init__(
+        self,
+        feature_channels: tuple[int, int, int, int],
+        *,
+        global_dim: int = 512,
+        pos_dim: int = 64,
+        num_concepts: int = 32,
+        num_patterns: int = 512,
+        flow_blocks: tuple[int, ...] = (2, 5, 8),
+        subnet_hidden: int | None = None,
+        fusion_hidden: int | None = None,
+        clamp: float = 1.9,
+        quantize: bool = True,
+        concept_patterns: bool = True,
+        latent: str = "concept",
+        latent_logdet: bool = True,
+        vq_init: str = "kmeans++",
+        vq_decay: float = 0.99,
+    ):
+        """feature_channels: channels of f1..f4; the rest are METHOD.md's sizes and the
+        ablation switches (quantize, concept_patterns, latent, latent_logdet, vq_init)."""
         super().__init__()
-        if len(cfg.flow_blocks) != LEVELS:
-            raise VQFlowError(f"model.flow_blocks needs {LEVELS} block counts, got {cfg.flow_blocks}")
-        if cfg.pos_dim % 4:
-            raise VQFlowError(f"model.pos_dim must be a multiple of 4 (sin/cos for x and y), got {cfg.pos_dim}")
-        self.cfg = cfg
+        if len(flow_blocks) != LEVELS:
+            raise VQFlowError(f"model.flow_blocks needs {LEVELS} block counts, got {list(flow_blocks)}")
+        if pos_dim % 4:
+            raise VQFlowError(f"model.pos_dim must be a multiple of 4 (sin/cos for x and y), got {pos_dim}")
+        if latent not in ("concept", "single"):
+            raise VQFlowError(f"model.latent must be 'concept' or 'single', got {latent!r}")
+        self.pos_dim, self.quantize, self.concept_patterns = pos_dim, quantize, concept_patterns
+        self.latent, self.latent_logdet, self.vq_init = latent, latent_logdet, vq_init
+        self.feature_channels = tuple(int(c) for c in feature_channels)
         c1, c2, c3, c4 = feature_channels
         self.flow_channels = (c1, c2, c3)
-        d, p = cfg.global_dim, cfg.pos_dim
+        d, p = global_dim, pos_dim
         dp = d + p
         self.global_mlp = GlobalMLP(c4, d)
         self.semantic = nn.Sequential(nn.Conv2d(c4, dp, 1), nn.BatchNorm2d(dp), nn.ReLU(inplace=True))
         self.feature_mlps = nn.ModuleList([FeatureMLP(c, dp) for c in feature_channels])
         self.upsample_convs = nn.ModuleList([nn.Conv2d(dp, dp, 1) for _ in range(LEVELS)])
-        vq = dict(decay=cfg.vq_decay, init=cfg.vq_init)
+        vq = dict(decay=vq_decay, init=vq_init)
         # CAP quantizes concat(h', PE) directly; ours quantizes the residual against the anchor.
-        pattern_dim = dp if cfg.concept_patterns else dp + p
-        if cfg.quantize:
-            self.cpc = VectorQuantizer(cfg.num_concepts, d, **vq)
+        pattern_dim = dp if concept_patterns else dp + p
+        if quantize:
+            self.cpc = VectorQuantizer(num_concepts, d, **vq)
             self.cspc = nn.ModuleList(
-                [VectorQuantizer(cfg.num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)]
+                [VectorQuantizer(num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)]
             )
         cond = pattern_dim + d
         self.flows = nn.ModuleList(
             [
-                ConditionalFlow(c, cond, n, hidden_channels=cfg.subnet_hidden, clamp=cfg.clamp)
-                for c, n in zip(self.flow_channels, cfg.flow_blocks)
+                ConditionalFlow(c, cond, n, hidden_channels=subnet_hidden, clamp=clamp)
+                for c, n in zip(self.flow_channels, flow_blocks)
             ]
         )
-        if cfg.latent == "concept":
+        if latent == "concept":
             self.latent_mean = nn.ModuleList([nn.Linear(d, c) for c in self.flow_channels])
             self.latent_scale = nn.ModuleList([nn.Linear(d, c) for c in self.flow_channels])
             for head in [*self.latent_mean, *self.latent_scale]:
@@ -75,49 +97,52 @@ class VQFlow(nn.Module):
             for head in self.latent_scale:  # softplus(b) + eps = 1 at start
                 nn.init.constant_(head.bias, math.log(math.expm1(1.0 - 1e-3)))
         self.fusion = FusionCoupling(
-            list(self.flow_channels), cond, hidden_channels=cfg.fusion_hidden, clamp=cfg.clamp
+            list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp
         )
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def _pe(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         key = (h, w, str(like.device))
         if key not in self._pe_cache:
-            self._pe_cache[key] = positional_encoding_2d(self.cfg.pos_dim, h, w).to(like.device)
+            self._pe_cache[key] = positional_encoding_2d(self.pos_dim, h, w).to(like.device)
         return self._pe_cache[key].to(like.dtype)
 
     def _patterns(
         self, level: int, h: torch.Tensor, y_hat: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Quantized pattern hq_s at one level: a_s + Q_s(h'_s - a_s) (or the CAP/no-VQ forms)."""
         b, _, hh, ww = h.shape
         pe = self._pe(hh, ww, h).expand(b, -1, -1, -1)
-        if not self.cfg.quantize:
-            return h, None, None, None
-        if self.cfg.concept_patterns:
+        if not self.quantize:
+            return h, None, None
+        if self.concept_patterns:
             anchor = torch.cat([pe, y_hat[:, :, None, None].expand(-1, -1, hh, ww)], 1)
             target = h - anchor
         else:
             target = torch.cat([h, pe], 1)
         q = self.cspc[level](target.permute(0, 2, 3, 1))
         hq = q.quantized.permute(0, 3, 1, 2)
-        if self.cfg.concept_patterns:
+        if self.concept_patterns:
             hq = anchor + hq
-        return hq, q.commitment, q.indices, float(q.perplexity)
+        return hq, q.commitment, q.indices
+
+    def _concept(self, f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """y = MLP(GAP(f4)), its prototype y_hat, the concept index and the CPC commitment."""
+        y = self.global_mlp(f4.mean(dim=(2, 3)))
+        if not self.quantize:
+            return y, y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device), y.new_zeros(())
+        q = self.cpc(y)
+        return y, q.quantized, q.indices, q.commitment
+
+    def concepts(self, f4: torch.Tensor) -> torch.Tensor:
+        """The learned concept (CPC code) of each image from its f4 map alone, (B,): cheap."""
+        return self._concept(f4)[2]
 
     def forward(self, feats: list[torch.Tensor]) -> VQFlowOutput:
         """feats: pooled backbone features (h1, h2, h3, f4), see layers.pool_features."""
         h_in, f4 = feats[:LEVELS], feats[LEVELS]
-        y = self.global_mlp(f4.mean(dim=(2, 3)))
-        commitment = y.new_zeros(())
-        codes: dict[str, torch.Tensor] = {}
-        perplexity: dict[str, float] = {}
-        if self.cfg.quantize:
-            q = self.cpc(y)
-            y_hat, concept = q.quantized, q.indices
-            commitment = commitment + q.commitment
-            codes["cpc"], perplexity["cpc"] = concept, float(q.perplexity)
-        else:
-            y_hat, concept = y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+        y, y_hat, concept, commitment = self._concept(f4)
+        codes: dict[str, torch.Tensor] = {"cpc": concept} if self.quantize else {}
 
         semantic = self.semantic(f4)
         conds = []
@@ -128,10 +153,10 @@ class VQFlow(nn.Module):
                 hs = hs + self.upsample_convs[s](up)
             else:
                 hs = self.feature_mlps[s](f4)
-            hq, commit, idx, perp = self._patterns(s, hs, y_hat)
+            hq, commit, idx = self._patterns(s, hs, y_hat)
             if commit is not None:
                 commitment = commitment + commit
-                codes[f"cspc{s + 1}"], perplexity[f"cspc{s + 1}"] = idx, perp
+                codes[f"cspc{s + 1}"] = idx
             yb = y_hat[:, :, None, None].expand(-1, -1, *hq.shape[-2:])
             conds.append(torch.cat([hq, yb], 1))
 
@@ -140,11 +165,11 @@ class VQFlow(nn.Module):
         for s in range(LEVELS):
             z, ld = self.flows[s](h_in[s], conds[s])
             logdet = logdet + ld
-            if self.cfg.latent == "concept":
+            if self.latent == "concept":
                 mean = self.latent_mean[s](y_hat)[:, :, None, None]
                 scale = F.softplus(self.latent_scale[s](y_hat)) + 1e-3
                 z = (z - mean) / scale[:, :, None, None]
-                if self.cfg.latent_logdet:
+                if self.latent_logdet:
                     logdet = logdet - z.shape[-1] * z.shape[-2] * torch.log(scale).sum(1)
             zs.append(z)
         fusion_cond = conds[LEVELS]
@@ -152,13 +177,45 @@ class VQFlow(nn.Module):
         if fusion_cond.shape[-2:] != smallest:
             fusion_cond = F.interpolate(fusion_cond, size=smallest, mode="bilinear", align_corners=False)
         u, ld = self.fusion(zs, fusion_cond)
-        return VQFlowOutput(list(u), logdet + ld, commitment, concept, codes, perplexity)
+        return VQFlowOutput(list(u), logdet + ld, commitment, concept, codes)
 
     def quantizers(self) -> dict[str, VectorQuantizer]:
         """The named codebooks ('cpc', 'cspc1'..'cspc4'); empty without quantization."""
-        if not self.cfg.quantize:
+        if not self.quantize:
             return {}
         return {"cpc": self.cpc, **{f"cspc{i + 1}": q for i, q in enumerate(self.cspc)}}
+
+    # Training hooks: the codebooks' per-epoch bookkeeping, so a training loop needs no
+    # knowledge of quantizers (it calls these around each epoch).
+    def on_epoch_start(self) -> None:
+        """Start counting code usage afresh for the coming epoch."""
+        for q in self.quantizers().values():
+            q.reset_usage()
+
+    def on_epoch_end(self) -> None:
+        """The reference's end-of-epoch dead-code rule (vq_init='reference' only)."""
+        if self.vq_init == "reference":
+            for q in self.quantizers().values():
+                q.reassign_unused()
+
+    def codebook_usage(self) -> dict[str, dict]:
+        """Per codebook: codes used this epoch, codebook size and usage perplexity."""
+        out = {}
+        for name, q in self.quantizers().items():
+            counts = q.usage_counts.detach().cpu().double()
+            p = counts / max(counts.sum().item(), 1.0)
+            p = p[p > 0]
+            out[name] = {"used": int(p.numel()), "codes": int(counts.numel()),
+                         "perplexity": math.exp(-(p * p.log()).sum().item())}
+        return out
+
+    def random_states(self) -> dict[str, torch.Tensor]:
+        """The quantizers' generator states (restarts draw from them), for exact resume."""
+        return {k: q.generator.get_state() for k, q in self.quantizers().items()}
+
+    def set_random_states(self, states: dict[str, torch.Tensor]) -> None:
+        for k, q in self.quantizers().items():
+            q.generator.set_state(states[k])
 
 
 def nll_per_dim(out: VQFlowOutput) -> torch.Tensor:

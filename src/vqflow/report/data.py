@@ -26,6 +26,7 @@ class ReportData:
     concepts: np.ndarray | None  # (N,) int: CPC concept (code index) per test image
     code_usage: dict[str, np.ndarray]  # level name ("cpc", "cspc1".."cspc4") -> usage counts
     notes: list[str]  # free text lines (config summary, epoch, honesty notes)
+    map_range: tuple[float, float] | None = None  # heatmap colour range fixed at fit (as predict's)
 
 
 def check_report_data(data: ReportData) -> int:

@@ -45,15 +45,19 @@ def class_gallery(
 ) -> str:
     """Write this class's tiles as PNGs; return the HTML block that shows them.
 
-    The heatmap colour range is shared by all tiles of the class (min to max of the
-    class's maps) so that colours compare between its images.
+    The heatmap colour range is the calibrated one (`data.map_range`, the same as `vqflow
+    predict` uses), else shared by the class's tiles (min to max of its maps), so that
+    colours compare between images.
     """
     scores = np.asarray(data.scores, dtype=np.float64)[indices]
     top, bottom = pick_extremes(scores, per_side)
     vmin = vmax = None
     if data.maps is not None:
-        class_maps = data.maps[indices]
-        vmin, vmax = float(class_maps.min()), float(class_maps.max())
+        if data.map_range is not None:
+            vmin, vmax = (float(v) for v in data.map_range)
+        else:
+            class_maps = data.maps[indices]
+            vmin, vmax = float(class_maps.min()), float(class_maps.max())
     stem = f"gallery_{class_index:03d}_{safe_name(name)}"
     rows = []
     for label, picks in (("highest scores", top), ("lowest scores", bottom)):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from vqflow.atomic import atomic_path
@@ -72,6 +72,35 @@ def overlay(
             raise VQFlowError(f"overlay: mask shape {mask.shape} differs from image {image.shape[:2]}")
         out[mask_contour(mask, contour_width(mask.shape) if width is None else width)] = CONTOUR_RGB
     return out
+
+
+def with_colorbar(image: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """The image with a turbo colour bar on its right, labelled with the scores at its ends
+    (and middle), so a heatmap file says which score a colour stands for."""
+    image = np.asarray(image, dtype=np.uint8)
+    h = image.shape[0]
+    bar_w = max(8, h // 24)
+    font = _font(max(10, min(h // 18, 28)))
+    labels = [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"]
+    text_w = max(int(ImageDraw.Draw(Image.new("L", (1, 1))).textlength(t, font=font)) for t in labels)
+    pad = max(4, bar_w // 2)
+    strip = np.full((h, pad + bar_w + pad + text_w + pad, 3), 255, dtype=np.uint8)
+    ramp = np.linspace(1.0, 0.0, h)[:, None].repeat(bar_w, axis=1)
+    strip[:, pad : pad + bar_w] = (matplotlib.colormaps["turbo"](ramp)[..., :3] * 255).round().astype(np.uint8)
+    canvas = Image.fromarray(np.concatenate([image, strip], axis=1))
+    draw = ImageDraw.Draw(canvas)
+    x = image.shape[1] + pad + bar_w + pad
+    size = getattr(font, "size", 10)
+    for text, y in zip(labels, (0, (h - size) // 2, h - size - 2)):
+        draw.text((x, max(0, y)), text, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

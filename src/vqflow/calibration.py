@@ -1,0 +1,100 @@
+"""What fit fixes from held-out normals, never from test labels: score statistics, verdict
+thresholds (global and per learned concept), the heatmap colour range, and each concept's
+majority training class.
+
+Plain data with no torch import, so the torch-free ONNX inferencer reads the same object
+from the export's JSON sidecar that the torch detector carries in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vqflow.errors import VQFlowError
+
+
+@dataclass
+class ScoreStats:
+    """Training-normal statistics for the dataset-level normalisation (score.normalization=train)."""
+
+    mul_mean: float
+    mul_std: float
+    scale_mean: list[float]
+    scale_std: list[float]
+
+    @staticmethod
+    def from_loglik(loglik: Any) -> ScoreStats:
+        """From (N, S, H, W) log-likelihood maps (a torch tensor) of training normals."""
+        nll = -loglik.sum(1)
+        per_scale = -loglik.transpose(0, 1).flatten(1)
+        return ScoreStats(
+            float(nll.mean()),
+            float(nll.std().clamp_min(1e-6)),
+            per_scale.mean(1).tolist(),
+            per_scale.std(1).clamp_min(1e-6).tolist(),
+        )
+
+
+@dataclass
+class Calibration:
+    """Verdict thresholds and display range of a trained detector (saved with it).
+
+    `threshold` is the `quantile` of the held-out normals' image scores; a concept with
+    enough held-out images of its own gets its own quantile in `concept_thresholds`.
+    `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
+    by the report and `vqflow predict` so that a colour means the same score in both.
+    """
+
+    threshold: float = math.nan
+    concept_thresholds: dict[int, float] = field(default_factory=dict)
+    quantile: float = 0.99
+    source: str = "validation"  # which normals: "validation" (held out) or "training" (seen)
+    n_images: int = 0
+    map_range: tuple[float, float] = (0.0, 1.0)
+    stats: ScoreStats | None = None
+    concept_classes: dict[int, str] = field(default_factory=dict)  # concept -> majority class
+
+    @property
+    def ready(self) -> bool:
+        """True once thresholds exist (fit finished)."""
+        return math.isfinite(self.threshold)
+
+    def threshold_for(self, concept: int) -> float:
+        """The concept's own threshold where fit had enough held-out normals of it, else the global one."""
+        return float(self.concept_thresholds.get(int(concept), self.threshold))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and torch.load(weights_only)-safe form (string keys, lists, floats)."""
+        d = asdict(self)
+        d["concept_thresholds"] = {str(k): float(v) for k, v in self.concept_thresholds.items()}
+        d["concept_classes"] = {str(k): v for k, v in self.concept_classes.items()}
+        d["map_range"] = [float(v) for v in self.map_range]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "calibration") -> Calibration:
+        """Read `to_dict`'s form, or the untyped layout of vqflow 0.1.0 checkpoints."""
+        if not d:
+            return cls()
+        try:
+            if "thresholds" in d:  # vqflow 0.1.0: {"stats", "thresholds": {"global", ...}, "map_range"}
+                th = d["thresholds"]
+                d = {"threshold": th["global"], "concept_thresholds": th.get("per_concept", {}),
+                     "quantile": th.get("quantile", 0.99), "source": th.get("source", "validation"),
+                     "n_images": th.get("n", 0), "map_range": d.get("map_range", (0.0, 1.0)),
+                     "stats": d.get("stats")}
+            stats = d.get("stats")
+            return cls(
+                threshold=float(d["threshold"]),
+                concept_thresholds={int(k): float(v) for k, v in d.get("concept_thresholds", {}).items()},
+                quantile=float(d.get("quantile", 0.99)),
+                source=str(d.get("source", "validation")),
+                n_images=int(d.get("n_images", 0)),
+                map_range=tuple(float(v) for v in d.get("map_range", (0.0, 1.0))),  # type: ignore[arg-type]
+                stats=ScoreStats(**stats) if stats else None,
+                concept_classes={int(k): str(v) for k, v in d.get("concept_classes", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise VQFlowError(f"{where} is damaged ({type(e).__name__}: {e}); export or fit the run again") from None
