@@ -1,5 +1,29 @@
-"""Test-wide set-up: idle OpenMP threads sleep (the suite shares 2 cores with subprocesses)."""
+"""Test-wide set-up: idle OpenMP threads sleep (the suite shares 2 cores with subprocesses),
+and one tiny trained run shared by the predict and export tests."""
 
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Two classes of synthetic textures in MVTec layout (tests/tiny_run.py)."""
+    from tiny_run import make_tiny_mvtec
+
+    return make_tiny_mvtec(tmp_path_factory.mktemp("tiny_mvtec"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny model trained for 2 epochs on tiny_data, with its calibration."""
+    from tiny_run import tiny_args
+    from vqflow.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_runs") / "run"
+    assert main(["fit", "--data", f"mvtec:{tiny_data}", "--out", str(out), *tiny_args(2)]) == 0
+    return out

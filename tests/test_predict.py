@@ -1,0 +1,136 @@
+"""`vqflow predict` as a user runs it: maps at each input's resolution, stable names, colour
+bar, threshold override, unreadable inputs named, the run folder protected."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqflow.cli import main
+from vqflow.engine.build import load_run
+from vqflow.engine.predict import collect_images, output_names
+from vqflow.imageio import model_input, read_rgb
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    with open(out / "scores.csv", newline="") as f:
+        return {Path(r["path"]).name: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_data, tmp_path_factory) -> Path:
+    """A square 64-px test image, a defect, and a wide and a tall resize of them."""
+    d = tmp_path_factory.mktemp("inputs")
+    shutil.copy(tiny_data / "stripes" / "test" / "good" / "000.png", d / "square.png")
+    shutil.copy(tiny_data / "waves" / "test" / "spot" / "001.png", d / "defect.png")
+    Image.open(d / "square.png").resize((150, 70), Image.BILINEAR).save(d / "wide.png")
+    Image.open(d / "defect.png").resize((48, 120), Image.BILINEAR).save(d / "tall.jpg")
+    return d
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny_run, inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pred") / "out"
+    assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), "--save-maps", "--quiet"]) == 0
+    return out
+
+
+def test_maps_have_each_inputs_own_resolution_and_match_the_detector(tiny_run, inputs, predicted):
+    rows = _rows(predicted)
+    assert set(rows) == {"square.png", "defect.png", "wide.png", "tall.jpg"}
+    det = load_run(tiny_run, "cpu").detector
+    for name, r in rows.items():
+        w, h = Image.open(inputs / name).size
+        amap = np.load(r["map"])
+        assert amap.shape == (h, w) and amap.dtype == np.float32
+        heat = Image.open(r["heatmap"])
+        assert heat.height == h and heat.width > w, "the heatmap keeps the input's size, plus a colour bar"
+        x = torch.from_numpy(model_input(read_rgb(inputs / name), 64))[None]
+        with torch.no_grad():
+            pred = det(x)
+        assert float(r["score"]) == pytest.approx(float(pred.score[0]), rel=1e-6, abs=1e-9)
+        if (w, h) == (64, 64):  # no resize: the raw map is the detector's map itself
+            np.testing.assert_allclose(amap, pred.anomaly_map[0].numpy(), rtol=1e-6, atol=1e-7)
+        else:  # resized: its mean stays the detector map's mean (bilinear keeps the level)
+            assert amap.mean() == pytest.approx(float(pred.anomaly_map[0].mean()), rel=0.05, abs=1e-3)
+
+
+def test_heatmap_colour_bar_spans_the_calibrated_range(tiny_run, predicted):
+    cal = load_run(tiny_run, "cpu").calibration
+    r = _rows(predicted)["square.png"]
+    heat = np.asarray(Image.open(r["heatmap"]).convert("RGB")).astype(int)
+    strip = heat[:, 64:]
+    turbo = matplotlib.colormaps["turbo"]
+    top = (np.array(turbo(1.0)[:3]) * 255).round()
+    bottom = (np.array(turbo(0.0)[:3]) * 255).round()
+    assert (np.abs(strip[0] - top).sum(1) <= 3).any(), "the bar's top is the colour of the range's top"
+    assert (np.abs(strip[-1] - bottom).sum(1) <= 3).any()
+    lo, hi = cal.map_range
+    assert hi > lo
+
+
+def test_output_names_are_stable_whatever_the_order(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub / "good").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / sub / "good" / "000.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "000.jpg")
+    one = [str(tmp_path / "a"), str(tmp_path / "b" / "good" / "000.png")]
+    names = {}
+    for order in (one, one[::-1]):
+        files = collect_images(order)
+        names[tuple(order)] = dict(zip((str(f) for f, _ in files), output_names(files)))
+    first, second = names.values()
+    assert first == second
+    assert first[str(tmp_path / "a" / "good" / "000.png")] == "good/000"
+    assert len(set(first.values())) == len(first), "no two inputs share an output name"
+    clash = output_names([(tmp_path / "a" / "000.jpg", tmp_path / "a"), (tmp_path / "a" / "000.png", tmp_path / "a")])
+    assert clash[0] != clash[1] and all(n.startswith("000_") for n in clash)
+
+
+def test_threshold_overrides_the_calibrated_one(tiny_run, inputs, tmp_path):
+    for thr, verdict in (("-1e30", "anomalous"), ("1e30", "normal")):
+        out = tmp_path / verdict
+        assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), f"--threshold={thr}",
+                     "--no-heatmaps", "--quiet"]) == 0
+        rows = _rows(out).values()
+        assert all(r["verdict"] == verdict and float(r["threshold"]) == float(thr) for r in rows)
+        assert all(r["heatmap"] == "" for r in rows) and not (out / "heatmaps").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vqflow", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_unreadable_inputs_are_named_on_stderr_and_all_bad_exits_2(tiny_run, inputs, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(inputs / "square.png", mixed / "ok.png")
+    (mixed / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (mixed / "empty.jpg").write_bytes(b"")
+    r = _cli("predict", "--run", str(tiny_run), str(mixed), "--out", str(tmp_path / "o1"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and any("broken.png" in w for w in warnings) and any("empty.jpg" in w for w in warnings)
+    assert "1 image(s) scored" in r.stdout and "2 unreadable" in r.stdout
+    (mixed / "ok.png").unlink()
+    r = _cli("predict", "--run", str(tiny_run), str(mixed), "--out", str(tmp_path / "o2"), "--quiet")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: none of the 2")
+    assert "Traceback" not in r.stderr
+
+
+def test_out_may_not_be_the_run_folder(tiny_run, inputs, capsys):
+    before = (tiny_run / "checkpoints" / "final.pt").read_bytes()
+    assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(tiny_run), "--quiet"]) == 2
+    assert "run folder" in capsys.readouterr().err
+    assert not (tiny_run / "scores.csv").exists()
+    assert (tiny_run / "checkpoints" / "final.pt").read_bytes() == before
+    assert not (tiny_run / "heatmaps").exists()
