@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-# ruff: noqa: E402  (the imports below follow this setting on purpose)
 # Must precede the first torch import. With the default (spinning) OpenMP threads, a 2-core
 # machine shared with other work slows torch ~40x (Lite0 batch 1: ~2.2 s instead of ~50 ms),
 # because every op waits at a barrier for a descheduled thread. Set OMP_WAIT_POLICY=ACTIVE
@@ -240,7 +239,7 @@ def time_pipeline(
             feats = detector.features(images)
         else:
             feats = synthetic_features(channels, size, b)
-        row = {"head_ms_per_image": latency_ms(lambda _x: head(feats), images, 1, repeats)}
+        row = {"head_ms_per_image": latency_ms(lambda _x, f=feats: head(f), images, 1, repeats)}
         if backbone is not None:
             row["backbone_ms_per_image"] = latency_ms(backbone, images, 1, repeats)
             # Its backbone and head were just warmed at this batch size: no extra warm-up call.

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from data_trees import mvtec_tree, visa_original_tree, write_rgb
-from vqflow.data import ImageDataset, load_data, read_mask
-from vqflow.data import mvtec, visa
+from vqflow.data import ImageDataset, load_data, mvtec, read_mask, visa
 from vqflow.errors import VQFlowError
 
 

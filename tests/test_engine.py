@@ -17,10 +17,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import vqflow.engine.fit as fit_mod
+from tiny_run import make_tiny_mvtec, tiny_args
 from vqflow.cli import main
 from vqflow.engine.checkpoint import load_checkpoint
 from vqflow.errors import VQFlowError
-from tiny_run import make_tiny_mvtec, tiny_args
 
 
 @pytest.fixture(scope="module")

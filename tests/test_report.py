@@ -209,24 +209,3 @@ def test_report_is_deterministic(tmp_path: Path) -> None:
     a = write_report(tmp_path / "a", make_data()).read_bytes()
     b = write_report(tmp_path / "b", make_data()).read_bytes()
     assert a == b
-
-
-def test_local_pro_fallback_matches_brute_force_overlap() -> None:
-    from vqflow.report.curves import local_pro_curve
-
-    data = make_data()
-    masks, maps = data.masks, data.maps
-    fpr, pro = local_pro_curve(masks, maps, n_thresholds=50)
-    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= -1e-12)
-    # brute force at one threshold: the 90th percentile of normal pixels (FPR ~ 0.1)
-    t = float(np.quantile(maps[~masks], 0.9))
-    brute_fpr = float((maps[~masks] >= t).mean())
-    from scipy import ndimage
-
-    overlaps = []
-    for m, a in zip(masks, maps):
-        lab, k = ndimage.label(m, structure=np.ones((3, 3)))
-        overlaps += [float((a[lab == r] >= t).mean()) for r in range(1, k + 1)]
-    k = int(np.argmin(np.abs(fpr - brute_fpr)))
-    assert fpr[k] == pytest.approx(brute_fpr, abs=0.01)
-    assert pro[k] == pytest.approx(np.mean(overlaps), abs=0.03)

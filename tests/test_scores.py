@@ -69,7 +69,7 @@ def mul_np(ll: np.ndarray) -> np.ndarray:
 def add_np(ll: np.ndarray) -> np.ndarray:
     out = np.empty(ll.shape[:1] + ll.shape[2:])
     for i, img in enumerate(ll):
-        p = sum(np.exp(l - l.max()) for l in img)
+        p = sum(np.exp(lv - lv.max()) for lv in img)
         out[i] = p.max() - p
     return out
 

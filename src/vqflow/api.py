@@ -51,7 +51,7 @@ def predict(run: str | Path | None, inputs: list[str], out: str | Path, device: 
                     heatmaps=heatmaps, save_maps=save_maps, onnx=onnx)
 
 
-def load_detector(run: str | Path, device: str = "auto"):  # noqa: ANN201 - Detector, imported lazily
+def load_detector(run: str | Path, device: str = "auto"):
     """The run's calibrated Detector (an nn.Module: images -> Prediction), in eval mode."""
     from vqflow.engine.build import load_run
 

@@ -92,7 +92,7 @@ class Calibration:
                 quantile=float(d.get("quantile", 0.99)),
                 source=str(d.get("source", "validation")),
                 n_images=int(d.get("n_images", 0)),
-                map_range=tuple(float(v) for v in d.get("map_range", (0.0, 1.0))),  # type: ignore[arg-type]
+                map_range=(float(d.get("map_range", (0.0, 1.0))[0]), float(d.get("map_range", (0.0, 1.0))[1])),
                 stats=ScoreStats(**stats) if stats else None,
                 concept_classes={int(k): str(v) for k, v in d.get("concept_classes", {}).items()},
             )

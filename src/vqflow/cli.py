@@ -14,8 +14,8 @@ from typing import Any
 # make torch many times slower (benchmarks/results/inference.json). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from vqflow import __version__  # noqa: E402
-from vqflow.errors import VQFlowError  # noqa: E402
+from vqflow import __version__
+from vqflow.errors import VQFlowError
 
 
 def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+    except Exception as e:
         from vqflow.engine.fit import TrainingInterrupted
 
         if isinstance(e, TrainingInterrupted):

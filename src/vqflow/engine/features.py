@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from vqflow.data.dataset import ImageDataset
 from vqflow.data.sample import collate
 from vqflow.engine.progress import progress
 
@@ -32,11 +33,11 @@ class FeatureSource:
 class LiveFeatures(FeatureSource):
     """No cache: read the images and run the backbone for every batch."""
 
-    def __init__(self, features: FeaturesFn, dataset: Dataset):
+    def __init__(self, features: FeaturesFn, dataset: ImageDataset):
         self.features, self.dataset = features, dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def get(self, index: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
         batch = collate([self.dataset[int(i)] for i in index])
@@ -81,7 +82,7 @@ def feature_shapes(features: FeaturesFn, size: int, device: torch.device) -> lis
 
 def extract_features(
     features: FeaturesFn,
-    dataset: Dataset,
+    dataset: ImageDataset,
     size: int,
     device: torch.device,
     mode: str = "auto",
@@ -100,7 +101,7 @@ def extract_features(
     """
     if mode == "off":
         return LiveFeatures(features, dataset)
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     shapes = feature_shapes(features, size, device)
     nbytes = n * sum(int(np.prod(s)) for s in shapes) * 4
     if mode == "auto":
@@ -126,7 +127,7 @@ def extract_features(
                 lv[start:stop] = f.cpu() if isinstance(lv, torch.Tensor) else f.cpu().numpy()
             start = stop
             bar.update(batch.image.shape[0])
-    if mode == "disk":
-        for lv in levels:
-            lv.flush()  # type: ignore[union-attr]
+    for lv in levels:
+        if isinstance(lv, np.memmap):
+            lv.flush()
     return CachedFeatures(levels, folder if mode == "disk" else None)

@@ -8,9 +8,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,12 @@ from vqflow.config import Config, save_yaml
 from vqflow.data import ImageDataset, load_data
 from vqflow.data.sample import Record
 from vqflow.engine.build import (
-    build_backbone, build_detector, build_head, inference_batch_size, resolve_device, seed_everything,
+    build_backbone,
+    build_detector,
+    build_head,
+    inference_batch_size,
+    resolve_device,
+    seed_everything,
 )
 from vqflow.engine.calibrate import calibrate
 from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint

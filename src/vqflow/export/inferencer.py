@@ -54,7 +54,7 @@ class OnnxInferencer:
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise VQFlowError(f"cannot load ONNX file {path} ({first}); export the run again") from None
 

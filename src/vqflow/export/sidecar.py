@@ -24,8 +24,8 @@ class Sidecar:
     input_size: tuple[int, int]  # (H, W) of the graph's input
     calibration: Calibration
     vqflow_version: str
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     run: dict[str, Any] = field(default_factory=dict)  # preset, backbone, epoch, score settings
 
     def to_json(self) -> str:
@@ -60,8 +60,8 @@ class Sidecar:
                 input_size=(int(inp["size_hw"][0]), int(inp["size_hw"][1])),
                 calibration=Calibration.from_dict(d["calibration"], f"the calibration in {path}"),
                 vqflow_version=str(d.get("vqflow_version", "")),
-                mean=tuple(float(v) for v in inp["mean"]),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in inp["std"]),  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in inp["mean"]),
+                std=tuple(float(v) for v in inp["std"]),
                 run=dict(d.get("run", {})),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:

@@ -1,14 +1,14 @@
 """Curve data for the plots: pixel ROC on a deterministic subsample, and PRO curves.
 
-PRO comes from vqflow.metrics.pro_curve when that module provides it, so the plot matches
-the AUPRO in the table; otherwise a small local fallback (marked as such) is used.
+PRO comes from vqflow.metrics.pro_curve, so the plot matches the AUPRO in the table.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from sklearn.metrics import roc_curve
+
+from vqflow.metrics import pro_curve as metrics_pro_curve
 
 PIXEL_SAMPLE = 100_000  # pixels per class for the pixel ROC plot
 PRO_PIXEL_BUDGET = 600_000  # pixels per class before the PRO plot works on a coarser grid
@@ -38,35 +38,6 @@ def pixel_roc(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return thin_curve(fpr, tpr)
 
 
-def local_pro_curve(masks: np.ndarray, maps: np.ndarray, n_thresholds: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """FALLBACK PRO curve (used only when vqflow.metrics.pro_curve is unavailable).
-
-    At each threshold: FPR over normal pixels, and the mean over connected ground-truth
-    regions (8-connected, per image) of the fraction of the region above the threshold.
-    Thresholds are quantiles of the normal pixels' scores so the low-FPR end is resolved.
-    """
-    masks = masks.astype(bool)
-    normal = maps[~masks]
-    if normal.size == 0 or not masks.any():
-        return np.array([]), np.array([])
-    quantiles = np.linspace(1.0, 0.0, n_thresholds)
-    thresholds = np.unique(np.quantile(normal, quantiles))[::-1]  # descending
-    # fpr[k] = share of normal pixels >= thresholds[k]
-    asc = np.sort(normal)
-    fpr = 1.0 - np.searchsorted(asc, thresholds, side="left") / asc.size
-    overlaps = []
-    eight = np.ones((3, 3), dtype=bool)
-    for mask, amap in zip(masks, maps):
-        if not mask.any():
-            continue
-        labels, _ = ndimage.label(mask, structure=eight)
-        for r, box in enumerate(ndimage.find_objects(labels), start=1):
-            region = np.sort(amap[box][labels[box] == r])
-            overlaps.append(1.0 - np.searchsorted(region, thresholds, side="left") / region.size)
-    pro = np.mean(overlaps, axis=0)
-    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
-
-
 def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """PRO curve (fpr, pro, source): coarser grid above PRO_PIXEL_BUDGET; source says which."""
     stride = 1
@@ -74,15 +45,9 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
         stride += 1
     masks, maps = masks[:, ::stride, ::stride], maps[:, ::stride, ::stride]
     grid = "" if stride == 1 else f", every {stride}th pixel"
-    try:
-        from vqflow.metrics import pro_curve as metrics_pro_curve  # written concurrently
-    except ImportError:
-        fpr, pro = local_pro_curve(masks, maps)
-        source = "local fallback PRO (vqflow.metrics.pro_curve unavailable)"
-    else:
-        curve = metrics_pro_curve(masks, maps)
-        fpr, pro = (np.array([]), np.array([])) if curve is None else (np.asarray(curve[0]), np.asarray(curve[1]))
-        source = "vqflow.metrics.pro_curve"
+    curve = metrics_pro_curve(masks, maps)
+    fpr, pro = (np.array([]), np.array([])) if curve is None else (np.asarray(curve[0]), np.asarray(curve[1]))
+    source = "vqflow.metrics.pro_curve"
     if fpr.size:  # keep the drawn range [0, PRO_FPR_LIMIT] plus one point past it
         end = min(int(np.searchsorted(fpr, PRO_FPR_LIMIT, side="right")) + 1, fpr.size)
         fpr, pro = thin_curve(fpr[:end], pro[:end])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vqflow.report.data import ReportData
 from vqflow.report.overlay import overlay, save_png
 
 MIN_TILE_PIXELS = 128  # tiny images (CIFAR) are enlarged by pixel repetition up to this
@@ -38,7 +39,7 @@ def class_gallery(
     name: str,
     class_index: int,
     indices: np.ndarray,
-    data,
+    data: ReportData,
     files_dir: Path,
     rel_dir: str,
     per_side: int = 4,

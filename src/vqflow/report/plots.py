@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from vqflow.report.concepts import ConceptTable, usage_stats  # noqa: E402
+from vqflow.report.concepts import ConceptTable, usage_stats
 
 DPI = 90
 NORMAL_COLOUR = "#4c78a8"
