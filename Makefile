@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test setup system-packages clean
+.PHONY: demo test lint setup system-packages clean
 
 $(BIN)/vqflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ system-packages:
 demo: setup
 	$(BIN)/vqflow demo
 
-test: setup system-packages
+# The linter and formatter check (configured in pyproject.toml) are part of the tests.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: setup system-packages lint
 	$(BIN)/python -m pytest
 
 clean:
