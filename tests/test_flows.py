@@ -282,3 +282,10 @@ def test_bad_shapes_raise_vqflow_error() -> None:
         fusion([torch.randn(1, 2, 4, 4)], torch.randn(1, 1, 4, 4))
     with pytest.raises(VQFlowError, match="condition"):
         fusion([torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2)], torch.randn(1, 1, 4, 4))
+
+
+@case_names
+def test_every_block_is_an_invertible_module(name: str) -> None:
+    from vqflow.model.flows import InvertibleModule
+
+    assert isinstance(built(CASES[name], perturbed=False), InvertibleModule)

@@ -96,7 +96,19 @@ class CouplingSubnet(nn.Module):
         )
 
 
-class AllInOneCoupling(nn.Module):
+class InvertibleModule(nn.Module):
+    """The one contract of every flow block (as FrEIA's): ``forward(x, cond) -> (y, logdet)`` with
+    ``logdet`` (B,) = log|det dy/dx| per sample, and ``inverse(y, cond) -> x`` exactly. The
+    multi-scale fusion coupling takes and returns lists of tensors, one per scale."""
+
+    def forward(self, x, cond: torch.Tensor | None = None):  # noqa: ANN001 - a tensor, or a list for fusion
+        raise NotImplementedError
+
+    def inverse(self, y, cond: torch.Tensor | None = None):  # noqa: ANN001
+        raise NotImplementedError
+
+
+class AllInOneCoupling(InvertibleModule):
     """FrEIA all-in-one block: conditional affine coupling, global affine, fixed channel permutation.
 
     x1 = first ceil(C/2) channels drive the update of x2 through ``a = 0.1 * subnet(cat(x1, cond))``,
@@ -176,7 +188,7 @@ class AllInOneCoupling(nn.Module):
         return self.subnet.macs(height, width)
 
 
-class ConditionalFlow(nn.Module):
+class ConditionalFlow(InvertibleModule):
     """A stack of AllInOneCoupling blocks (distinct permutation seeds) sharing one condition.
 
     This is one parallel flow F_s of VQ-Flow: it maps h_s to z_s given c_s (same H, W as h_s).

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from vqflow.model.coupling import AllInOneCoupling, ChannelLayerNorm, ConditionalFlow, CouplingSubnet
+from vqflow.model.coupling import (
+    AllInOneCoupling,
+    ChannelLayerNorm,
+    ConditionalFlow,
+    CouplingSubnet,
+    InvertibleModule,
+)
 from vqflow.model.fusion import FusionCoupling, FusionHalfStep
 
 
@@ -25,5 +31,6 @@ __all__ = [
     "CouplingSubnet",
     "FusionCoupling",
     "FusionHalfStep",
+    "InvertibleModule",
     "count_parameters",
 ]

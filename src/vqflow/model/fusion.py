@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.errors import VQFlowError
-from vqflow.model.coupling import ChannelLayerNorm, check_cond, conv3x3_macs
+from vqflow.model.coupling import ChannelLayerNorm, InvertibleModule, check_cond, conv3x3_macs
 
 # MSFlow's soft clamp constant, about 2/pi: log-scale = clamp * 0.636 * atan(s / clamp).
 _ATAN_FACTOR = 0.636
@@ -85,7 +85,7 @@ class FusionHalfStep(nn.Module):
         return total
 
 
-class FusionCoupling(nn.Module):
+class FusionCoupling(InvertibleModule):
     """Multi-scale fusion coupling (MSFlow): two affine half-steps across all scales; logdet sums scales.
 
     Scale s is split into a_s (first ceil(C_s/2) channels) and b_s. Step 1 updates every b_s from all
