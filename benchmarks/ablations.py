@@ -55,23 +55,43 @@ def main() -> None:
         sets = [x for s in [*VARIANTS[name], *args.set] for x in ("--set", s)]
         t0 = time.time()
         if not (folder / "checkpoints" / "final.pt").exists():
-            cmd = [sys.executable, "-m", "vqflow", "fit", "--out", str(folder), "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--quiet", *sets]
+            cmd = [
+                sys.executable,
+                "-m",
+                "vqflow",
+                "fit",
+                "--out",
+                str(folder),
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+                "--quiet",
+                *sets,
+            ]
             for d in data:
                 cmd += ["--data", d]
             run(cmd)
         run([sys.executable, "-m", "vqflow", "test", "--run", str(folder), "--quiet", "--no-report"])
         metrics = json.loads((folder / "metrics.json").read_text())
-        table[name] = {"switches": VARIANTS[name], "seconds": round(time.time() - t0, 1),
-                       "mean": metrics["mean"], "mean_all": metrics["mean_all"]}
+        table[name] = {
+            "switches": VARIANTS[name],
+            "seconds": round(time.time() - t0, 1),
+            "mean": metrics["mean"],
+            "mean_all": metrics["mean_all"],
+        }
         print(name, {k: round(100 * v, 1) for k, v in metrics["mean"].items() if v is not None}, flush=True)
-    (out / "ablations.json").write_text(json.dumps({"data": data, "epochs": args.epochs, "seed": args.seed,
-                                                     "variants": table}, indent=2))
+    (out / "ablations.json").write_text(
+        json.dumps({"data": data, "epochs": args.epochs, "seed": args.seed, "variants": table}, indent=2)
+    )
     lines = ["| variant | switches | " + " | ".join(KEYS) + " | mean |", "|---" * (len(KEYS) + 3) + "|"]
     for name, row in table.items():
         cells = ["-" if row["mean"].get(k) is None else f"{100 * row['mean'][k]:.1f}" for k in KEYS]
-        lines.append(f"| {name} | {' '.join(row['switches']) or 'defaults'} | " + " | ".join(cells)
-                     + f" | {100 * (row['mean_all'] or 0):.1f} |")
+        lines.append(
+            f"| {name} | {' '.join(row['switches']) or 'defaults'} | "
+            + " | ".join(cells)
+            + f" | {100 * (row['mean_all'] or 0):.1f} |"
+        )
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,6 +1,6 @@
 """Epoch time with and without the feature cache (fast preset, demo set), and peak memory.
 
-    python benchmarks/bench_feature_cache.py [--images 64] [--out benchmarks/results/feature_cache.json]
+python benchmarks/bench_feature_cache.py [--images 64] [--out benchmarks/results/feature_cache.json]
 """
 
 from __future__ import annotations

@@ -111,10 +111,7 @@ def count_macs(root: nn.Module, run: Callable[[], object], groups: dict[str, nn.
 
     hooks = {nn.Conv2d: conv_hook, nn.Linear: linear_hook, VectorQuantizer: quantizer_hook}
     handles = [
-        m.register_forward_hook(hook)
-        for m in root.modules()
-        for kind, hook in hooks.items()
-        if isinstance(m, kind)
+        m.register_forward_hook(hook) for m in root.modules() for kind, hook in hooks.items() if isinstance(m, kind)
     ]
     try:
         with torch.no_grad():
@@ -342,9 +339,11 @@ def summary_lines(result: dict) -> list[str]:
     for name, r in result["presets"].items():
         g = r["macs_per_image"]["gmacs"]
         backbone = "n/a" if g["backbone"] is None else f"{g['backbone']:.3f}"
-        lines.append(f"[{name}] GMACs/image: backbone {backbone}, head {g['head_total']:.3f} "
-                     f"(flows+fusion {g['head_flows_and_fusion']:.3f}); head <= backbone: "
-                     f"{r['macs_per_image'].get('head_costs_no_more_than_backbone')}")
+        lines.append(
+            f"[{name}] GMACs/image: backbone {backbone}, head {g['head_total']:.3f} "
+            f"(flows+fusion {g['head_flows_and_fusion']:.3f}); head <= backbone: "
+            f"{r['macs_per_image'].get('head_costs_no_more_than_backbone')}"
+        )
         for key, row in r.get("timing", {}).items():
             if key.startswith("batch_"):
                 ms = {k.removesuffix("_ms_per_image"): v for k, v in row.items() if k.endswith("_ms_per_image")}

@@ -29,7 +29,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic_class(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_class(
+    rng: np.random.Generator, n: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Labels, image scores, masks (1-3 elliptic defects per anomalous image) and smooth float32 maps."""
     labels = (rng.random(n) < ANOMALOUS_SHARE).astype(int)
     masks = np.zeros((n, size, size), dtype=bool)

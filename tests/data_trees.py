@@ -19,8 +19,9 @@ def write_rgb(path: Path, seed: int, size: tuple[int, int] = (24, 20), fmt: str 
     return arr
 
 
-def write_mask(path: Path, size: tuple[int, int] = (24, 20), box: tuple[int, int, int, int] = (4, 4, 12, 10),
-               value: int = 255) -> np.ndarray:
+def write_mask(
+    path: Path, size: tuple[int, int] = (24, 20), box: tuple[int, int, int, int] = (4, 4, 12, 10), value: int = 255
+) -> np.ndarray:
     """Write an L mask with `value` inside box (x0, y0, x1, y1); return the boolean mask."""
     arr = np.zeros((size[1], size[0]), dtype=np.uint8)
     x0, y0, x1, y1 = box
@@ -30,8 +31,14 @@ def write_mask(path: Path, size: tuple[int, int] = (24, 20), box: tuple[int, int
     return arr > 0
 
 
-def mvtec_tree(root: Path, classes: dict[str, dict[str, int]], n_train: int = 3, masks: bool = True,
-               mask_suffix: str = "_mask", ext: str = ".png") -> Path:
+def mvtec_tree(
+    root: Path,
+    classes: dict[str, dict[str, int]],
+    n_train: int = 3,
+    masks: bool = True,
+    mask_suffix: str = "_mask",
+    ext: str = ".png",
+) -> Path:
     """root/<cls>/train/good, test/<defect>, ground_truth/<defect>; classes maps cls -> {defect: count}."""
     seed = 0
     for cls, defects in classes.items():
@@ -69,7 +76,9 @@ def visa_original_tree(root: Path, classes: list[str], n_train: int = 3, n_good:
     return root
 
 
-def cifar_tree(root: Path, per_batch: int = 20, n_test: int = 30) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def cifar_tree(
+    root: Path, per_batch: int = 20, n_test: int = 30
+) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Fake cifar-10-batches-py: data_batch_1..5 and test_batch with random pixels and labels."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -57,8 +57,13 @@ def test_collate_batches_samples(tmp_path):
     write_rgb(tmp_path / "a.png", 5)
     write_rgb(tmp_path / "b.png", 6)
     write_mask(tmp_path / "b_mask.png")
-    ds = ImageDataset([Record(str(tmp_path / "a.png"), 0, "c"),
-                       Record(str(tmp_path / "b.png"), 1, "c", str(tmp_path / "b_mask.png"))], 8)
+    ds = ImageDataset(
+        [
+            Record(str(tmp_path / "a.png"), 0, "c"),
+            Record(str(tmp_path / "b.png"), 1, "c", str(tmp_path / "b_mask.png")),
+        ],
+        8,
+    )
     batch = collate([ds[0], ds[1]])
     assert batch.image.shape == (2, 3, 8, 8) and batch.mask.shape == (2, 1, 8, 8)
     assert batch.label.tolist() == [0, 1] and batch.mask[0].sum() == 0 and batch.mask[1].sum() > 0

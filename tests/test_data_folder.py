@@ -30,7 +30,9 @@ def test_mvtec_layout_folder_and_single_class(tmp_path):
 def test_yaml_with_ratio_split_is_seeded_and_disjoint(tmp_path):
     _yaml_tree(tmp_path)
     spec = tmp_path / "part.yaml"
-    spec.write_text("name: part\nnormal_dir: good\nabnormal_dirs: [crack, hole]\nmask_dir: masks\ntest_ratio: 0.4\nseed: 3\n")
+    spec.write_text(
+        "name: part\nnormal_dir: good\nabnormal_dirs: [crack, hole]\nmask_dir: masks\ntest_ratio: 0.4\nseed: 3\n"
+    )
     s = folder.load(str(spec), None, None)
     assert s.classes == ["part"] and s.has_masks
     assert len(s.train) == 3 and len(s.test) == 4 and sum(r.label for r in s.test) == 2

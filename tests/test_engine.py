@@ -177,8 +177,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
 def test_torchrun_two_cpu_processes(data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "vqflow", "fit", "--data", f"mvtec:{data}", "--out", str(out), "--device", "cpu", *tiny_args(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "vqflow",
+        "fit",
+        "--data",
+        f"mvtec:{data}",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *tiny_args(2),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     payload = load_checkpoint(out / "checkpoints" / "final.pt")
@@ -199,8 +216,9 @@ def test_python_api_mirrors_the_cli(data, tmp_path):
     from tiny_run import TINY_SET
 
     overrides = {k.replace(".", "__"): v for k, v in (item.split("=", 1) for item in TINY_SET)}
-    run = vqflow.fit("fast", out=tmp_path / "api", quiet=True, data__specs=[f"mvtec:{data}"], train__epochs=1,
-                     **overrides)
+    run = vqflow.fit(
+        "fast", out=tmp_path / "api", quiet=True, data__specs=[f"mvtec:{data}"], train__epochs=1, **overrides
+    )
     metrics = vqflow.evaluate(run, quiet=True, report=False)
     assert set(metrics["classes"]) == {"stripes", "waves"}
     assert json.loads((run / "metrics.json").read_text())["mean"] == metrics["mean"]
@@ -210,8 +228,7 @@ def test_python_api_mirrors_the_cli(data, tmp_path):
 
 def test_select_val_evaluates_the_epoch_with_lowest_heldout_nll(data, tmp_path):
     out = tmp_path / "val"
-    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(3),
-                 "--set", "train.select=val"]) == 0
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(3), "--set", "train.select=val"]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     best_epoch = min(log, key=lambda r: r["val_nll"])["epoch"]
     final = load_checkpoint(out / "checkpoints" / "final.pt")
@@ -225,8 +242,21 @@ def test_disk_feature_cache_trains_the_same_model_as_memory(data, tmp_path):
     runs = {}
     for mode in ("memory", "disk"):
         out = tmp_path / mode
-        assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(1),
-                     "--set", f"train.feature_cache={mode}"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "--data",
+                    f"mvtec:{data}",
+                    "--out",
+                    str(out),
+                    *tiny_args(1),
+                    "--set",
+                    f"train.feature_cache={mode}",
+                ]
+            )
+            == 0
+        )
         runs[mode] = load_checkpoint(out / "checkpoints" / "final.pt")["model"]
         assert not list(out.glob(".feature_cache*")), "the disk cache is deleted after fit"
     for k in runs["memory"]:

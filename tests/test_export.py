@@ -97,8 +97,13 @@ def test_torch_free_inferencer_agrees_with_vqflow_predict(tiny_run, tiny_data, e
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    r = subprocess.run([sys.executable, "-c", TORCH_FREE, str(exported), *map(str, files), str(bad)],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, str(exported), *map(str, files), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     onnx_rows = {Path(d["path"]).name + Path(d["path"]).parent.name: d for d in json.loads(r.stdout)}
     out = tmp_path / "torch"
@@ -148,12 +153,22 @@ def test_export_errors_are_one_line(tiny_run, tmp_path, capsys):
 
 
 def test_calibration_round_trip_and_the_0_1_0_layout():
-    cal = Calibration(threshold=0.5, concept_thresholds={3: 0.7}, quantile=0.95, source="validation", n_images=12,
-                      map_range=(0.1, 0.9), stats=ScoreStats(1.0, 2.0, [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]),
-                      concept_classes={3: "brick"})
+    cal = Calibration(
+        threshold=0.5,
+        concept_thresholds={3: 0.7},
+        quantile=0.95,
+        source="validation",
+        n_images=12,
+        map_range=(0.1, 0.9),
+        stats=ScoreStats(1.0, 2.0, [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]),
+        concept_classes={3: "brick"},
+    )
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
-    old = {"stats": None, "map_range": [0.0, 2.0],
-           "thresholds": {"global": 0.4, "per_concept": {"2": 0.6}, "quantile": 0.99, "source": "training", "n": 9}}
+    old = {
+        "stats": None,
+        "map_range": [0.0, 2.0],
+        "thresholds": {"global": 0.4, "per_concept": {"2": 0.6}, "quantile": 0.99, "source": "training", "n": 9},
+    }
     got = Calibration.from_dict(old)
     assert got.threshold_for(2) == 0.6 and got.threshold_for(5) == 0.4 and got.source == "training"
     assert got.map_range == (0.0, 2.0) and got.n_images == 9

@@ -7,12 +7,33 @@ from vqflow.metrics import METRIC_KEYS, summarize
 
 def test_means_ignore_none() -> None:
     per_class = {
-        "a": {"image_auroc": 0.9, "image_ap": 0.8, "image_f1max": 0.7, "pixel_auroc": 0.95,
-              "pixel_ap": 0.5, "pixel_f1max": 0.6, "aupro": 0.85},
-        "b": {"image_auroc": None, "image_ap": None, "image_f1max": None, "pixel_auroc": 0.75,
-              "pixel_ap": 0.3, "pixel_f1max": 0.4, "aupro": None},
-        "c": {"image_auroc": 0.7, "image_ap": 0.6, "image_f1max": 0.5, "pixel_auroc": None,
-              "pixel_ap": None, "pixel_f1max": None, "aupro": None},
+        "a": {
+            "image_auroc": 0.9,
+            "image_ap": 0.8,
+            "image_f1max": 0.7,
+            "pixel_auroc": 0.95,
+            "pixel_ap": 0.5,
+            "pixel_f1max": 0.6,
+            "aupro": 0.85,
+        },
+        "b": {
+            "image_auroc": None,
+            "image_ap": None,
+            "image_f1max": None,
+            "pixel_auroc": 0.75,
+            "pixel_ap": 0.3,
+            "pixel_f1max": 0.4,
+            "aupro": None,
+        },
+        "c": {
+            "image_auroc": 0.7,
+            "image_ap": 0.6,
+            "image_f1max": 0.5,
+            "pixel_auroc": None,
+            "pixel_ap": None,
+            "pixel_f1max": None,
+            "aupro": None,
+        },
     }
     out = summarize(per_class)
     assert out["classes"] is per_class

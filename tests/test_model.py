@@ -11,8 +11,9 @@ from vqflow.engine.build import build_head
 from vqflow.model.scores import log_likelihood_maps, score_batch
 from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
 
-TINY = dict(global_dim=16, pos_dim=8, num_concepts=4, num_patterns=16, flow_blocks=[1, 1, 1],
-            subnet_hidden=16, fusion_hidden=16)
+TINY = dict(
+    global_dim=16, pos_dim=8, num_concepts=4, num_patterns=16, flow_blocks=[1, 1, 1], subnet_hidden=16, fusion_hidden=16
+)
 CH = (4, 6, 8, 12)
 
 
@@ -27,8 +28,14 @@ def tiny(**kw) -> VQFlow:
 
 @pytest.mark.parametrize(
     "switch",
-    [{}, {"quantize": False}, {"concept_patterns": False}, {"latent": "single"}, {"latent_logdet": False},
-     {"vq_init": "reference"}],
+    [
+        {},
+        {"quantize": False},
+        {"concept_patterns": False},
+        {"latent": "single"},
+        {"latent_logdet": False},
+        {"vq_init": "reference"},
+    ],
 )
 def test_forward_shapes_every_switch(switch):
     m = tiny(**switch)

@@ -99,8 +99,22 @@ def test_output_names_are_stable_whatever_the_order(tmp_path):
 def test_threshold_overrides_the_calibrated_one(tiny_run, inputs, tmp_path):
     for thr, verdict in (("-1e30", "anomalous"), ("1e30", "normal")):
         out = tmp_path / verdict
-        assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), f"--threshold={thr}",
-                     "--no-heatmaps", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--run",
+                    str(tiny_run),
+                    str(inputs),
+                    "--out",
+                    str(out),
+                    f"--threshold={thr}",
+                    "--no-heatmaps",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         rows = _rows(out).values()
         assert all(r["verdict"] == verdict and float(r["threshold"]) == float(thr) for r in rows)
         assert all(r["heatmap"] == "" for r in rows) and not (out / "heatmaps").exists()

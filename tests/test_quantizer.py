@@ -278,7 +278,10 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
     """One process of the gloo test: train on its half of every batch, save its state."""
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
         timeout=datetime.timedelta(seconds=60),
     )
     try:
@@ -300,9 +303,7 @@ def _distributed_batches() -> list[torch.Tensor]:
 def test_two_process_gloo_reduction_matches_single_process(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    ctx = mp.spawn(
-        _distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
-    )
+    ctx = mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False)
     deadline = datetime.datetime.now() + datetime.timedelta(seconds=120)
     while not ctx.join(timeout=5):
         if datetime.datetime.now() > deadline:

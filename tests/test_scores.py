@@ -41,6 +41,7 @@ def t(a: np.ndarray) -> torch.Tensor:
 
 # ---------- references, written plainly ----------
 
+
 def bilinear_axis_np(a: np.ndarray, out: int, axis: int) -> np.ndarray:
     """Half-pixel-centre linear resampling along one axis (align_corners=False), edges clamped."""
     n = a.shape[axis]
@@ -107,6 +108,7 @@ def cut_kernel_blur_np(img: np.ndarray, sigma: float) -> np.ndarray:
 
 # ---------- log_likelihood_maps ----------
 
+
 def test_loglik_equal_size_is_minus_half_channel_mean_of_squares():
     g = rng(1)
     u = [g.normal(size=(2, c, 6, 6)) for c in (3, 5)]
@@ -135,6 +137,7 @@ def test_bilinear_reference_agrees_with_torch_interpolate():
 
 
 # ---------- mul / add maps ----------
+
 
 def test_mul_map_per_image():
     ll = loglik_np()
@@ -187,6 +190,7 @@ def test_maps_with_training_statistics_are_standardised_nll():
 
 # ---------- top-k mean ----------
 
+
 @pytest.mark.parametrize("fraction", [0.03, 0.1, 0.25, 0.5, 1.0])
 def test_topk_mean_brute_force(fraction):
     maps = rng(8).normal(size=(3, 9, 11))
@@ -214,6 +218,7 @@ def test_topk_mean_exact_percent_count():
 
 
 # ---------- gaussian blur ----------
+
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.7])
 def test_blur_matches_scipy_mirror(sigma):
@@ -256,6 +261,7 @@ def test_blur_sigma_zero_is_identity():
 
 # ---------- score_batch ----------
 
+
 @pytest.mark.parametrize("image_map", ["mul", "add"])
 @pytest.mark.parametrize("pixel_map", ["mul", "add"])
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
@@ -280,6 +286,7 @@ def test_score_batch_with_training_statistics():
 
 
 # ---------- properties ----------
+
 
 @pytest.mark.parametrize("image_map,pixel_map", [("mul", "add"), ("add", "mul")])
 def test_per_image_scores_invariant_to_constant_loglik_shift(image_map, pixel_map):

@@ -8,9 +8,18 @@ import numpy as np
 from PIL import Image
 
 TINY_SET = [
-    "data.image_size=64", "data.val_fraction=0.25", "model.flow_blocks=1,1,1", "model.subnet_hidden=16",
-    "model.fusion_hidden=16", "model.global_dim=16", "model.pos_dim=8", "model.num_patterns=16",
-    "model.num_concepts=4", "train.batch_size=4", "train.warmup_epochs=1", "train.lr=1e-3",
+    "data.image_size=64",
+    "data.val_fraction=0.25",
+    "model.flow_blocks=1,1,1",
+    "model.subnet_hidden=16",
+    "model.fusion_hidden=16",
+    "model.global_dim=16",
+    "model.pos_dim=8",
+    "model.num_patterns=16",
+    "model.num_concepts=4",
+    "train.batch_size=4",
+    "train.warmup_epochs=1",
+    "train.lr=1e-3",
 ]
 
 

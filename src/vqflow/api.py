@@ -25,8 +25,13 @@ def make_config(cfg: Config | dict | str | Path | None = None, **overrides: Any)
     return base
 
 
-def fit(cfg: Config | dict | str | Path | None = None, out: str | Path = "runs/run", resume: bool = False,
-        quiet: bool = False, **overrides: Any) -> Path:
+def fit(
+    cfg: Config | dict | str | Path | None = None,
+    out: str | Path = "runs/run",
+    resume: bool = False,
+    quiet: bool = False,
+    **overrides: Any,
+) -> Path:
     """Train one model on the normal images of every class in cfg.data.specs; returns the run folder."""
     from vqflow.engine.fit import fit as _fit
 
@@ -40,15 +45,32 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
     return _evaluate(run, device=device, quiet=quiet, report=report)
 
 
-def predict(run: str | Path | None, inputs: list[str], out: str | Path, device: str = "auto", quiet: bool = False,
-            threshold: float | None = None, heatmaps: bool = True, save_maps: bool = False,
-            onnx: str | Path | None = None) -> list[dict]:
+def predict(
+    run: str | Path | None,
+    inputs: list[str],
+    out: str | Path,
+    device: str = "auto",
+    quiet: bool = False,
+    threshold: float | None = None,
+    heatmaps: bool = True,
+    save_maps: bool = False,
+    onnx: str | Path | None = None,
+) -> list[dict]:
     """Scores, verdicts and heatmaps for new images; rows as in OUT/scores.csv. `onnx`: an
     exported model file to run instead of the run's torch detector."""
     from vqflow.engine.predict import predict as _predict
 
-    return _predict(run, [str(i) for i in inputs], out, device=device, quiet=quiet, threshold=threshold,
-                    heatmaps=heatmaps, save_maps=save_maps, onnx=onnx)
+    return _predict(
+        run,
+        [str(i) for i in inputs],
+        out,
+        device=device,
+        quiet=quiet,
+        threshold=threshold,
+        heatmaps=heatmaps,
+        save_maps=save_maps,
+        onnx=onnx,
+    )
 
 
 def load_detector(run: str | Path, device: str = "auto"):

@@ -81,10 +81,15 @@ class Calibration:
         try:
             if "thresholds" in d:  # vqflow 0.1.0: {"stats", "thresholds": {"global", ...}, "map_range"}
                 th = d["thresholds"]
-                d = {"threshold": th["global"], "concept_thresholds": th.get("per_concept", {}),
-                     "quantile": th.get("quantile", 0.99), "source": th.get("source", "validation"),
-                     "n_images": th.get("n", 0), "map_range": d.get("map_range", (0.0, 1.0)),
-                     "stats": d.get("stats")}
+                d = {
+                    "threshold": th["global"],
+                    "concept_thresholds": th.get("per_concept", {}),
+                    "quantile": th.get("quantile", 0.99),
+                    "source": th.get("source", "validation"),
+                    "n_images": th.get("n", 0),
+                    "map_range": d.get("map_range", (0.0, 1.0)),
+                    "stats": d.get("stats"),
+                }
             stats = d.get("stats")
             return cls(
                 threshold=float(d["threshold"]),

@@ -21,8 +21,12 @@ from vqflow.errors import VQFlowError
 def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     g = p.add_argument_group("configuration")
     if data:
-        g.add_argument("--data", action="append", metavar="SPEC",
-                       help="mvtec:PATH, visa:PATH, folder:PATH, cifar10:PATH, fmnist[:PATH] or demo; repeatable")
+        g.add_argument(
+            "--data",
+            action="append",
+            metavar="SPEC",
+            help="mvtec:PATH, visa:PATH, folder:PATH, cifar10:PATH, fmnist[:PATH] or demo; repeatable",
+        )
         g.add_argument("--classes", help="all, or NAME,NAME,... of a class-structured dataset")
         g.add_argument("--normal", help="normal class ids of cifar10/fmnist, e.g. 0,1,2,3,4")
     g.add_argument("--preset", choices=["fast", "reference"], help="model size preset (default fast)")
@@ -59,13 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score new images: scores.csv, heatmaps, verdicts")
     p.add_argument("--run", help="run folder written by 'vqflow fit'")
-    p.add_argument("--onnx", metavar="FILE", help="an exported model (vqflow export) instead of --run; "
-                   "runs on onnxruntime without torch")
+    p.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="an exported model (vqflow export) instead of --run; runs on onnxruntime without torch",
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", required=True, help="folder for scores.csv, heatmaps/ and maps/")
     p.add_argument("--threshold", type=float, help="verdict threshold on the score, instead of the calibrated ones")
-    p.add_argument("--save-maps", action="store_true", help="also write each raw float map as maps/NAME.npy "
-                   "(at the input's own resolution)")
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write each raw float map as maps/NAME.npy (at the input's own resolution)",
+    )
     p.add_argument("--no-heatmaps", action="store_true", help="write scores.csv only (fastest)")
     p.add_argument("--device", default="auto")
     _common(p)
@@ -74,9 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     p.add_argument("--out", help="output file (default RUN/export/model.onnx; the sidecar goes beside it as .json)")
-    p.add_argument("--check", nargs="*", metavar="IMAGE_OR_FOLDER",
-                   help="compare ONNX Runtime with torch on these images (default: the run's held-out "
-                        "normals are not stored, so a seeded noise batch); needs onnxruntime")
+    p.add_argument(
+        "--check",
+        nargs="*",
+        metavar="IMAGE_OR_FOLDER",
+        help="compare ONNX Runtime with torch on these images (default: the run's held-out "
+        "normals are not stored, so a seeded noise batch); needs onnxruntime",
+    )
     _common(p)
 
     p = sub.add_parser("demo", help="the embedded default: fast preset on the demo set, then test and report")
@@ -89,8 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
     from vqflow import config
 
-    options: dict[str, Any] = {"train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device,
-                               "model.backbone": args.backbone, "model.backbone_weights": args.backbone_weights}
+    options: dict[str, Any] = {
+        "train.epochs": args.epochs,
+        "train.seed": args.seed,
+        "train.device": args.device,
+        "model.backbone": args.backbone,
+        "model.backbone_weights": args.backbone_weights,
+    }
     if data:
         options["data.specs"] = args.data
         if args.classes is not None:
@@ -140,12 +159,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.run is None and args.onnx is None:
         raise VQFlowError("predict needs --run DIR (a trained run) or --onnx FILE (an exported model)")
-    rows = predict(args.run, args.inputs, args.out, device=args.device, quiet=args.quiet, threshold=args.threshold,
-                   heatmaps=not args.no_heatmaps, save_maps=args.save_maps, onnx=args.onnx)
+    rows = predict(
+        args.run,
+        args.inputs,
+        args.out,
+        device=args.device,
+        quiet=args.quiet,
+        threshold=args.threshold,
+        heatmaps=not args.no_heatmaps,
+        save_maps=args.save_maps,
+        onnx=args.onnx,
+    )
     failed = sum(1 for r in rows if r["error"])
     flagged = sum(1 for r in rows if r["verdict"] == "anomalous")
-    print(f"{len(rows) - failed} image(s) scored ({flagged} anomalous), {failed} unreadable; "
-          f"results in {Path(args.out) / 'scores.csv'}")
+    print(
+        f"{len(rows) - failed} image(s) scored ({flagged} anomalous), {failed} unreadable; "
+        f"results in {Path(args.out) / 'scores.csv'}"
+    )
     return 0
 
 
@@ -170,8 +200,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             images = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
         parity = check_parity(args.run, path, images)
-        print(f"parity on {parity.images} image(s): max |onnx - torch| / range: score {parity.score:.2e}, "
-              f"map {parity.anomaly_map:.2e}; concepts differing: {parity.concept_mismatches}")
+        print(
+            f"parity on {parity.images} image(s): max |onnx - torch| / range: score {parity.score:.2e}, "
+            f"map {parity.anomaly_map:.2e}; concepts differing: {parity.concept_mismatches}"
+        )
         if not parity.ok():
             raise VQFlowError(f"the ONNX graph {path} differs from the torch model beyond 1e-4 of the output range")
     return 0
@@ -223,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("VQFLOW_DEBUG"):
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"error: unexpected {type(e).__name__}: {first} (run again with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: unexpected {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr
+        )
         return 1
 
 

@@ -106,14 +106,29 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 INF = float("inf")
 RANGES: dict[str, tuple[float, float]] = {
-    "data.image_size": (32, 4096), "data.val_fraction": (0.0, 0.9), "data.num_workers": (0, 256),
-    "model.global_dim": (1, INF), "model.pos_dim": (4, INF), "model.num_concepts": (1, INF),
-    "model.num_patterns": (1, INF), "model.subnet_hidden": (1, INF), "model.fusion_hidden": (1, INF),
-    "model.clamp": (1e-3, INF), "model.vq_decay": (0.0, 0.99999), "model.commitment_weight": (0.0, INF),
-    "train.epochs": (1, INF), "train.batch_size": (2, INF), "train.lr": (1e-12, 10.0),
-    "train.warmup_epochs": (0, INF), "train.warmup_start": (0.0, 1.0), "train.grad_clip": (1e-6, INF),
-    "train.cache_memory_gb": (0.0, INF), "score.topk": (1e-9, 1.0), "score.blur_sigma": (0.0, 256.0),
-    "score.threshold_quantile": (0.0, 1.0), "score.min_concept_images": (1, INF),
+    "data.image_size": (32, 4096),
+    "data.val_fraction": (0.0, 0.9),
+    "data.num_workers": (0, 256),
+    "model.global_dim": (1, INF),
+    "model.pos_dim": (4, INF),
+    "model.num_concepts": (1, INF),
+    "model.num_patterns": (1, INF),
+    "model.subnet_hidden": (1, INF),
+    "model.fusion_hidden": (1, INF),
+    "model.clamp": (1e-3, INF),
+    "model.vq_decay": (0.0, 0.99999),
+    "model.commitment_weight": (0.0, INF),
+    "train.epochs": (1, INF),
+    "train.batch_size": (2, INF),
+    "train.lr": (1e-12, 10.0),
+    "train.warmup_epochs": (0, INF),
+    "train.warmup_start": (0.0, 1.0),
+    "train.grad_clip": (1e-6, INF),
+    "train.cache_memory_gb": (0.0, INF),
+    "score.topk": (1e-9, 1.0),
+    "score.blur_sigma": (0.0, 256.0),
+    "score.threshold_quantile": (0.0, 1.0),
+    "score.min_concept_images": (1, INF),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

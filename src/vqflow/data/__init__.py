@@ -8,6 +8,18 @@ from vqflow.data.specs import load_data, parse_spec
 from vqflow.data.splits import Splits
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "Batch", "ImageDataset", "Record", "Sample", "Splits",
-    "collate", "demo_root", "denormalize", "load_data", "parse_spec", "read_image", "read_mask",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Batch",
+    "ImageDataset",
+    "Record",
+    "Sample",
+    "Splits",
+    "collate",
+    "demo_root",
+    "denormalize",
+    "load_data",
+    "parse_spec",
+    "read_image",
+    "read_mask",
 ]

@@ -29,7 +29,8 @@ def image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
 
@@ -42,7 +43,5 @@ def check_requested_classes(requested: list[str] | None, available: list[str], w
         return sorted(available)
     missing = [c for c in requested if c not in available]
     if missing:
-        raise VQFlowError(
-            f"class {', '.join(missing)} not found in {where}; available: {', '.join(sorted(available))}"
-        )
+        raise VQFlowError(f"class {', '.join(missing)} not found in {where}; available: {', '.join(sorted(available))}")
     return list(dict.fromkeys(requested))

@@ -37,8 +37,14 @@ def load(root: str | None, classes: list[str] | None, normal: list[int] | None) 
         return f"{CLS}:{base / TRAIN_BATCHES[b]}#{i - int(offsets[b])}"
 
     return one_vs_rest.build_splits(
-        train_images, train_labels, test_images, test_labels, chosen, CLS,
-        train_name, lambda i: f"{CLS}:{base / TEST_BATCH}#{i}",
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        chosen,
+        CLS,
+        train_name,
+        lambda i: f"{CLS}:{base / TEST_BATCH}#{i}",
     )
 
 

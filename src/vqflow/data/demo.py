@@ -56,7 +56,9 @@ def demo_root(cache: str | os.PathLike | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=target.parent))
     except OSError as exc:
-        raise VQFlowError(f"cannot write the demo set under {target.parent}: {exc}; set VQFLOW_CACHE to a writable folder") from exc
+        raise VQFlowError(
+            f"cannot write the demo set under {target.parent}: {exc}; set VQFLOW_CACHE to a writable folder"
+        ) from exc
     try:
         build_tree(tmp)
         (tmp / MARKER).write_text(VERSION + "\n")
@@ -125,7 +127,7 @@ def _crop(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A SIZE x SIZE crop of `region` with small rotation, flip and brightness jitter."""
     h, w = region.shape[:2]
     y, x = int(rng.integers(0, h - WINDOW + 1)), int(rng.integers(0, w - WINDOW + 1))
-    window = Image.fromarray(_to_uint8(region[y:y + WINDOW, x:x + WINDOW]))
+    window = Image.fromarray(_to_uint8(region[y : y + WINDOW, x : x + WINDOW]))
     window = window.rotate(float(rng.uniform(-6.0, 6.0)), resample=Image.Resampling.BICUBIC)
     if rng.random() < 0.5:
         window = window.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

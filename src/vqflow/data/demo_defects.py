@@ -94,7 +94,7 @@ def foreign(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tup
     h, w = img.shape[:2]
     alpha = _blob((h, w), rng, rng.uniform(14, 40))
     dy, dx = int(rng.integers(0, donor.shape[0] - h + 1)), int(rng.integers(0, donor.shape[1] - w + 1))
-    patch = donor[dy:dy + h, dx:dx + w]
+    patch = donor[dy : dy + h, dx : dx + w]
     patch = patch * (img.mean() / max(patch.mean(), 1e-3)) ** rng.uniform(0.3, 1.0)  # partly match brightness
     return _blend(img, np.clip(patch, 0.0, 1.0), alpha), alpha > 0.5
 
@@ -116,5 +116,10 @@ def spots(img: np.ndarray, rng: np.random.Generator, donor: np.ndarray) -> tuple
 
 
 DEFECTS: dict[str, Drawer] = {
-    "scratch": scratch, "stain": stain, "hole": hole, "cut": cut, "foreign": foreign, "spots": spots,
+    "scratch": scratch,
+    "stain": stain,
+    "hole": hole,
+    "cut": cut,
+    "foreign": foreign,
+    "spots": spots,
 }

@@ -37,8 +37,12 @@ def load(root: str | None, classes: list[str] | None, normal: list[int] | None) 
         sources[split] = img_path
         arrays[split] = (images, labels.astype(np.int64))
     return one_vs_rest.build_splits(
-        *arrays["train"], *arrays["t10k"], chosen, CLS,
-        lambda i: f"{CLS}:{sources['train']}#{i}", lambda i: f"{CLS}:{sources['t10k']}#{i}",
+        *arrays["train"],
+        *arrays["t10k"],
+        chosen,
+        CLS,
+        lambda i: f"{CLS}:{sources['train']}#{i}",
+        lambda i: f"{CLS}:{sources['t10k']}#{i}",
     )
 
 

@@ -113,7 +113,9 @@ def _yaml_class(entry: dict, path: Path) -> tuple[list[Record], list[Record], bo
     normal_dir = _dir(base, entry["normal_dir"], path, "normal_dir")
     normals = image_files(normal_dir)
     abnormal = entry.get("abnormal_dirs", entry.get("abnormal_dir", []))
-    abnormal_dirs = [_dir(base, d, path, "abnormal_dirs") for d in ([abnormal] if isinstance(abnormal, str) else abnormal)]
+    abnormal_dirs = [
+        _dir(base, d, path, "abnormal_dirs") for d in ([abnormal] if isinstance(abnormal, str) else abnormal)
+    ]
     mask_dir = _dir(base, entry["mask_dir"], path, "mask_dir") if entry.get("mask_dir") else None
     if entry.get("normal_test_dir"):
         train_files = normals
@@ -172,7 +174,9 @@ def load_csv(path: Path) -> Splits:
             fields = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in CSV_COLUMNS if c not in fields]
             if missing:
-                raise VQFlowError(f"{path} lacks column(s) {', '.join(missing)}; expected path,label,class,split[,mask]")
+                raise VQFlowError(
+                    f"{path} lacks column(s) {', '.join(missing)}; expected path,label,class,split[,mask]"
+                )
             rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise VQFlowError(f"cannot read {path}: {exc}") from exc

@@ -37,8 +37,14 @@ def check_classes(classes: list[str] | None, cls: str) -> None:
 
 
 def build_splits(
-    train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
-    normal: frozenset[int], cls: str, train_name: Callable[[int], str], test_name: Callable[[int], str],
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    normal: frozenset[int],
+    cls: str,
+    train_name: Callable[[int], str],
+    test_name: Callable[[int], str],
 ) -> Splits:
     """Train = training images of normal classes; test = every test image, label 1 if not normal.
 
@@ -49,11 +55,12 @@ def build_splits(
         for i in np.flatnonzero(np.isin(train_labels, sorted(normal)))
     ]
     test = [
-        Record(test_name(i), 0 if int(y) in normal else 1, cls, array=test_images[i])
-        for i, y in enumerate(test_labels)
+        Record(test_name(i), 0 if int(y) in normal else 1, cls, array=test_images[i]) for i, y in enumerate(test_labels)
     ]
     if not train:
-        raise VQFlowError(f"{cls}: no training images of normal classes {sorted(normal)} in {train_name(0).split('#')[0]}")
+        raise VQFlowError(
+            f"{cls}: no training images of normal classes {sorted(normal)} in {train_name(0).split('#')[0]}"
+        )
     if not test:
         raise VQFlowError(f"{cls}: no test images in {test_name(0).split('#')[0]}")
     return Splits(train, test, False, frozenset())

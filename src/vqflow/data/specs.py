@@ -13,8 +13,12 @@ from vqflow.errors import VQFlowError
 Loader = Callable[[str | None, list[str] | None, list[int] | None], Splits]
 
 LOADERS: dict[str, Loader] = {
-    "mvtec": mvtec.load, "visa": visa.load, "folder": folder.load,
-    "cifar10": cifar10.load, "fmnist": fmnist.load, "demo": demo.load,
+    "mvtec": mvtec.load,
+    "visa": visa.load,
+    "folder": folder.load,
+    "cifar10": cifar10.load,
+    "fmnist": fmnist.load,
+    "demo": demo.load,
 }
 PATH_REQUIRED = frozenset({"mvtec", "visa", "folder", "cifar10"})
 KNOWN = "mvtec:PATH, visa:PATH, folder:PATH, cifar10:PATH, fmnist[:PATH], demo"
@@ -60,11 +64,14 @@ def _unify(loaded: list[tuple[str, str | None, Splits]]) -> Splits:
     test: list[Record] = []
     mask_classes: set[str] = set()
     for fmt, path, s in loaded:
+
         def rename(cls: str, fmt: str = fmt) -> str:
             return f"{fmt}/{cls}" if owners[cls] > 1 else cls
 
         if any(rename(c) in {r.cls for r in train} for c in s.classes):
-            raise VQFlowError(f"--data {fmt}:{path} is given twice (its classes clash even with a prefix); give it once")
+            raise VQFlowError(
+                f"--data {fmt}:{path} is given twice (its classes clash even with a prefix); give it once"
+            )
         train += [replace(r, cls=rename(r.cls)) for r in s.train]
         test += [replace(r, cls=rename(r.cls)) for r in s.test]
         mask_classes |= {rename(c) for c in s.mask_classes}
@@ -81,13 +88,13 @@ def _select(splits: Splits, classes: list[str] | None, specs: list[str]) -> Spli
     for name in classes:
         matches = [c for c in available if c == name or c.split("/", 1)[-1] == name]
         if not matches:
-            raise VQFlowError(
-                f"class {name} not found in --data {', '.join(specs)}; available: {', '.join(available)}"
-            )
+            raise VQFlowError(f"class {name} not found in --data {', '.join(specs)}; available: {', '.join(available)}")
         chosen.update(matches)
     out = Splits(
-        [r for r in splits.train if r.cls in chosen], [r for r in splits.test if r.cls in chosen],
-        bool(splits.mask_classes & chosen), frozenset(splits.mask_classes & chosen),
+        [r for r in splits.train if r.cls in chosen],
+        [r for r in splits.test if r.cls in chosen],
+        bool(splits.mask_classes & chosen),
+        frozenset(splits.mask_classes & chosen),
     )
     _check_nonempty(out, ", ".join(specs))
     return out

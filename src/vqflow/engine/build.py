@@ -58,11 +58,21 @@ def build_head(cfg: Config, channels: tuple[int, int, int, int]) -> VQFlow:
     )  # fmt: skip
 
 
-def build_detector(cfg: Config, backbone: torch.nn.Module, head: VQFlow, calibration: Calibration | None = None) -> Detector:
+def build_detector(
+    cfg: Config, backbone: torch.nn.Module, head: VQFlow, calibration: Calibration | None = None
+) -> Detector:
     """The inference module of `cfg.score` over a backbone and a head."""
     s = cfg.score
-    return Detector(backbone, head, image_map=s.image_map, pixel_map=s.pixel_map, topk=s.topk,
-                    blur_sigma=s.blur_sigma, normalization=s.normalization, calibration=calibration)
+    return Detector(
+        backbone,
+        head,
+        image_map=s.image_map,
+        pixel_map=s.pixel_map,
+        topk=s.topk,
+        blur_sigma=s.blur_sigma,
+        normalization=s.normalization,
+        calibration=calibration,
+    )
 
 
 @dataclass

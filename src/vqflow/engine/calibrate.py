@@ -64,8 +64,12 @@ def calibrate(
         if len(sel) >= min_concept_images:
             per_concept[int(c)] = float(np.quantile(sel, quantile))
     with torch.no_grad():
-        train_concepts = torch.cat([det.head.concepts(train_src.get(i, device)[-1]).cpu()
-                                    for i in torch.arange(len(train_src)).split(batch_size)]).numpy()
+        train_concepts = torch.cat(
+            [
+                det.head.concepts(train_src.get(i, device)[-1]).cpu()
+                for i in torch.arange(len(train_src)).split(batch_size)
+            ]
+        ).numpy()
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):
         votes.setdefault(int(c), Counter())[cls] += 1

@@ -49,8 +49,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise VQFlowError(
-            f"checkpoint {path} is corrupt or not a vqflow checkpoint ({first}); "
-            "use another checkpoint or train again"
+            f"checkpoint {path} is corrupt or not a vqflow checkpoint ({first}); use another checkpoint or train again"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VQFlowError(f"{path} is not a vqflow checkpoint (format {FORMAT} expected)")

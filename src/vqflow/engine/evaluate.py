@@ -43,8 +43,13 @@ def score_dataset(
     size = cfg.data.image_size
     map_size = map_size or size
     books = {k: q.codebook.shape[0] for k, q in det.head.quantizers().items()}
-    loader = DataLoader(dataset, batch_size=inference_batch_size(cfg, dev), shuffle=False,
-                        num_workers=cfg.data.num_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=inference_batch_size(cfg, dev),
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+    )
     n = len(dataset)
     maps = np.empty((n, map_size, map_size), dtype=np.float32)
     # Only datasets with ground truth get a mask array (10,000 CIFAR masks would be 650 MB).
@@ -72,8 +77,16 @@ def score_dataset(
             classes += batch.cls
             start = stop
             bar.update(len(batch.path))
-    return ScoredSet(paths, classes, np.asarray(labels, dtype=int), np.concatenate(scores), maps,
-                     masks, np.concatenate(concepts), usage)
+    return ScoredSet(
+        paths,
+        classes,
+        np.asarray(labels, dtype=int),
+        np.concatenate(scores),
+        maps,
+        masks,
+        np.concatenate(concepts),
+        usage,
+    )
 
 
 def class_metrics(s: ScoredSet, mask_classes: frozenset[str] | set[str]) -> dict:
@@ -84,8 +97,9 @@ def class_metrics(s: ScoredSet, mask_classes: frozenset[str] | set[str]) -> dict
     for cls in sorted(set(s.classes)):
         sel = np.flatnonzero(cls_arr == cls)
         masks = s.masks[sel] if s.masks is not None and cls in mask_classes else None
-        per_class[cls] = compute_class_metrics(s.labels[sel], s.scores[sel], masks,
-                                               s.maps[sel] if masks is not None else None)
+        per_class[cls] = compute_class_metrics(
+            s.labels[sel], s.scores[sel], masks, s.maps[sel] if masks is not None else None
+        )
     return summarize(per_class)
 
 
@@ -122,7 +136,8 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
     metrics["run"] = {
         "epoch": chosen,
         "selection": cfg.train.select,
-        "selection_note": "last epoch" if cfg.train.select == "last"
+        "selection_note": "last epoch"
+        if cfg.train.select == "last"
         else "epoch with the lowest NLL on held-out training normals (no test labels used)",
         "n_test_images": len(scored.paths),
         "preset": cfg.preset,
@@ -145,10 +160,19 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
         if any(s == "demo" for s in cfg.data.specs):
             notes.append("the demo set's defects are synthetic, drawn on real textures")
         data = ReportData(
-            title=folder.resolve().name, metrics=metrics, paths=scored.paths, classes=scored.classes,
-            labels=scored.labels, scores=scored.scores, maps=scored.maps, masks=scored.masks,
-            images=lambda i: denormalize(dataset[i].image), concepts=scored.concepts,
-            code_usage=scored.code_usage, notes=notes, map_range=tr.calibration.map_range,
+            title=folder.resolve().name,
+            metrics=metrics,
+            paths=scored.paths,
+            classes=scored.classes,
+            labels=scored.labels,
+            scores=scored.scores,
+            maps=scored.maps,
+            masks=scored.masks,
+            images=lambda i: denormalize(dataset[i].image),
+            concepts=scored.concepts,
+            code_usage=scored.code_usage,
+            notes=notes,
+            map_range=tr.calibration.map_range,
         )
         path = write_report(folder, data)
         say(f"report: {path}", quiet)

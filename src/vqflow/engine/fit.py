@@ -138,8 +138,12 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
         payload = load_checkpoint(last)
         saved, now = payload["config"], cfg.to_dict()
         free = {"train.epochs", "train.device", "train.feature_cache", "train.cache_memory_gb", "data.num_workers"}
-        differ = [f"{sec}.{k}" for sec in ("model", "data", "train") for k in now[sec]
-                  if f"{sec}.{k}" not in free and saved[sec].get(k) != now[sec][k]]
+        differ = [
+            f"{sec}.{k}"
+            for sec in ("model", "data", "train")
+            for k in now[sec]
+            if f"{sec}.{k}" not in free and saved[sec].get(k) != now[sec][k]
+        ]
         if differ:
             raise VQFlowError(
                 f"--resume: {', '.join(differ)} differ from the config saved in {last}; resume with the same "
@@ -156,20 +160,36 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
-        say(f"training on {len(train_recs)} normal images ({len(val_recs)} held out) of "
-            f"{len({r.cls for r in splits.train})} classes, device {device}", quiet)
+        say(
+            f"training on {len(train_recs)} normal images ({len(val_recs)} held out) of "
+            f"{len({r.cls for r in splits.train})} classes, device {device}",
+            quiet,
+        )
 
     backbone = build_backbone(cfg, device)
     seed_everything(cfg.train.seed)
     det = build_detector(cfg, backbone, build_head(cfg, backbone.channels).to(device))
     size = cfg.data.image_size
-    common = dict(size=size, device=device, mode=cfg.train.feature_cache, memory_gb=cfg.train.cache_memory_gb,
-                  batch_size=inference_batch_size(cfg, device), num_workers=cfg.data.num_workers, quiet=quiet)
+    common = dict(
+        size=size,
+        device=device,
+        mode=cfg.train.feature_cache,
+        memory_gb=cfg.train.cache_memory_gb,
+        batch_size=inference_batch_size(cfg, device),
+        num_workers=cfg.data.num_workers,
+        quiet=quiet,
+    )
     cache_dir = out / f".feature_cache_rank{ctx.rank}"
-    train_src = extract_features(det.features, ImageDataset(train_recs, size), folder=cache_dir / "train",
-                                 desc="train features", **common)
-    val_src = (extract_features(det.features, ImageDataset(val_recs, size), folder=cache_dir / "val",
-                                desc="val features", **common) if val_recs else None)
+    train_src = extract_features(
+        det.features, ImageDataset(train_recs, size), folder=cache_dir / "train", desc="train features", **common
+    )
+    val_src = (
+        extract_features(
+            det.features, ImageDataset(val_recs, size), folder=cache_dir / "val", desc="val features", **common
+        )
+        if val_recs
+        else None
+    )
     try:
         _train(cfg, out, payload, quiet, device, ctx, det, train_src, val_src, [r.cls for r in train_recs])
     finally:
@@ -182,8 +202,16 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
 
 
 def _train(
-    cfg: Config, out: Path, payload: dict | None, quiet: bool, device: torch.device, ctx: DistContext,
-    det: Detector, train_src: FeatureSource, val_src: FeatureSource | None, train_classes: list[str],
+    cfg: Config,
+    out: Path,
+    payload: dict | None,
+    quiet: bool,
+    device: torch.device,
+    ctx: DistContext,
+    det: Detector,
+    train_src: FeatureSource,
+    val_src: FeatureSource | None,
+    train_classes: list[str],
 ) -> None:
     """Epochs, per-epoch checkpoints and log, then the final model with its calibration."""
     ckpt_dir = out / "checkpoints"
@@ -203,10 +231,18 @@ def _train(
     model = DistributedDataParallel(head) if ctx.enabled else head
 
     def state(epoch: int, step: int) -> dict:
-        return {"config": cfg.to_dict(), "feature_channels": list(channels), "epoch": epoch, "step": step,
-                "model": head.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                "vq_rng": head.random_states(),
-                "history": history, "best": best}
+        return {
+            "config": cfg.to_dict(),
+            "feature_channels": list(channels),
+            "epoch": epoch,
+            "step": step,
+            "model": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "vq_rng": head.random_states(),
+            "history": history,
+            "best": best,
+        }
 
     log_path = out / "train_log.jsonl"
     epochs = cfg.train.epochs
@@ -244,9 +280,13 @@ def _train(
             bar.close()
             skip_steps = 0
             head.on_epoch_end()
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3),
-                      "codebooks": head.codebook_usage()}
+            record = {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)) if losses else None,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 3),
+                "codebooks": head.codebook_usage(),
+            }
             if val_src is not None:
                 record["val_nll"] = mean_nll(head, val_src, cfg.train.batch_size, device)
                 if record["val_nll"] < best["val_nll"]:
@@ -268,8 +308,15 @@ def _train(
         final["chosen_epoch"] = best["epoch"] if cfg.train.select == "val" and best["epoch"] else epochs
         sc = cfg.score
         final["calibration"] = calibrate(
-            det, train_src, val_src, train_classes, (cfg.data.image_size, cfg.data.image_size),
-            sc.threshold_quantile, sc.min_concept_images, cfg.train.batch_size, device,
+            det,
+            train_src,
+            val_src,
+            train_classes,
+            (cfg.data.image_size, cfg.data.image_size),
+            sc.threshold_quantile,
+            sc.min_concept_images,
+            cfg.train.batch_size,
+            device,
         ).to_dict()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)

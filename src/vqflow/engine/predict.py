@@ -25,8 +25,19 @@ from vqflow.errors import VQFlowError
 from vqflow.imageio import model_input, read_rgb, resize_map
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
-COLUMNS = ["path", "class", "label", "score", "verdict", "threshold", "concept", "concept_class", "heatmap",
-           "map", "error"]
+COLUMNS = [
+    "path",
+    "class",
+    "label",
+    "score",
+    "verdict",
+    "threshold",
+    "concept",
+    "concept_class",
+    "heatmap",
+    "map",
+    "error",
+]
 
 # images (B, 3, H, W) float32 -> scores (B,), maps (B, H, W), concepts (B,)
 BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -103,8 +114,9 @@ def _read_ahead(paths: list[Path], size: tuple[int, int], pool: ThreadPoolExecut
             yield e
 
 
-def _write(row: dict, rgb: np.ndarray, amap: np.ndarray, calibration: Calibration, heatmap: Path | None,
-           raw: Path | None) -> None:
+def _write(
+    row: dict, rgb: np.ndarray, amap: np.ndarray, calibration: Calibration, heatmap: Path | None, raw: Path | None
+) -> None:
     """Heatmap PNG (calibrated colour range, colour bar) and raw .npy map of one image."""
     if heatmap is not None:
         from vqflow.report.overlay import overlay, save_png, with_colorbar
@@ -133,8 +145,9 @@ def run_predict(
     stderr and in its row; when no file could be read at all, VQFlowError."""
     out = Path(out)
     if model.folder is not None and out.resolve() == model.folder.resolve():
-        raise VQFlowError(f"--out {out} is the run folder itself; predict would overwrite the run's scores.csv, "
-                          "choose another folder")
+        raise VQFlowError(
+            f"--out {out} is the run folder itself; predict would overwrite the run's scores.csv, choose another folder"
+        )
     if out.exists() and not out.is_dir():
         raise VQFlowError(f"--out {out} is a file; choose a folder")
     files = collect_images(inputs)
@@ -143,8 +156,11 @@ def run_predict(
     cal = model.calibration
     rows: list[dict] = [{k: "" for k in COLUMNS} | {"path": str(p)} for p in paths]
     failed = 0
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
-            progress(total=len(paths), desc="predict", unit="img", quiet=quiet) as bar:
+    with (
+        ThreadPoolExecutor(1) as reader,
+        ThreadPoolExecutor(1) as writer,
+        progress(total=len(paths), desc="predict", unit="img", quiet=quiet) as bar,
+    ):
         writes: deque[Future] = deque()
         batch: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # index, input, pixels, (w, h)
 
@@ -152,16 +168,26 @@ def run_predict(
             scores, maps, concepts = model.run_batch(np.stack([b[1] for b in batch]))
             for (i, _, rgb, (w, h)), score, amap, concept in zip(batch, scores, maps, concepts):
                 thr = cal.threshold_for(int(concept)) if threshold is None else float(threshold)
-                rows[i].update(score=f"{float(score):.8g}", verdict="anomalous" if score > thr else "normal",
-                               threshold=f"{thr:.8g}", concept=int(concept),
-                               concept_class=cal.concept_classes.get(int(concept), ""))
+                rows[i].update(
+                    score=f"{float(score):.8g}",
+                    verdict="anomalous" if score > thr else "normal",
+                    threshold=f"{thr:.8g}",
+                    concept=int(concept),
+                    concept_class=cal.concept_classes.get(int(concept), ""),
+                )
                 while len(writes) > 4 * model.batch_size:  # bound what waits to be written
                     writes.popleft().result()
-                writes.append(writer.submit(
-                    _write, rows[i], rgb, resize_map(amap, w, h), cal,
-                    out / "heatmaps" / f"{names[i]}.png" if heatmaps else None,
-                    out / "maps" / f"{names[i]}.npy" if save_maps else None,
-                ))
+                writes.append(
+                    writer.submit(
+                        _write,
+                        rows[i],
+                        rgb,
+                        resize_map(amap, w, h),
+                        cal,
+                        out / "heatmaps" / f"{names[i]}.png" if heatmaps else None,
+                        out / "maps" / f"{names[i]}.npy" if save_maps else None,
+                    )
+                )
             bar.update(len(batch))
             batch.clear()
 
@@ -181,8 +207,9 @@ def run_predict(
         while writes:
             writes.popleft().result()  # re-raise a failed write (disk full...) here
     if failed == len(paths):
-        raise VQFlowError(f"none of the {len(paths)} input image(s) could be read (see the lines above); "
-                          "nothing was scored")
+        raise VQFlowError(
+            f"none of the {len(paths)} input image(s) could be read (see the lines above); nothing was scored"
+        )
     buf = io.StringIO()
     writer_csv = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer_csv.writeheader()
@@ -203,8 +230,7 @@ def torch_model(run: str | Path, device: str = "auto") -> Model:
     def run_batch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.no_grad():
             pred = det(torch.from_numpy(x).to(tr.device))
-        return (pred.score.double().cpu().numpy(), pred.anomaly_map.float().cpu().numpy(),
-                pred.concept.cpu().numpy())
+        return (pred.score.double().cpu().numpy(), pred.anomaly_map.float().cpu().numpy(), pred.concept.cpu().numpy())
 
     size = tr.cfg.data.image_size
     return Model(run_batch, (size, size), tr.calibration, inference_batch_size(tr.cfg, tr.device), tr.folder)

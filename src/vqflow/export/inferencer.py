@@ -38,13 +38,19 @@ class Result:
 class OnnxInferencer:
     """Runs `vqflow export`'s graph with onnxruntime; `run` on model inputs, `predict` on files."""
 
-    def __init__(self, onnx_path: str | os.PathLike, sidecar: str | os.PathLike | None = None,
-                 threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        sidecar: str | os.PathLike | None = None,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise VQFlowError("ONNX inference needs onnxruntime: pip install onnxruntime "
-                              "(or pip install 'vqflow[onnx]')") from None
+            raise VQFlowError(
+                "ONNX inference needs onnxruntime: pip install onnxruntime (or pip install 'vqflow[onnx]')"
+            ) from None
         path = Path(onnx_path)
         if not path.is_file():
             raise VQFlowError(f"ONNX file {path} does not exist; write one with 'vqflow export --run DIR'")
@@ -76,8 +82,9 @@ class OnnxInferencer:
         score, amap, concept = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
         return score.astype(np.float64), amap, concept
 
-    def predict(self, paths: list[str | os.PathLike], threshold: float | None = None,
-                batch_size: int = 4) -> list[Result]:
+    def predict(
+        self, paths: list[str | os.PathLike], threshold: float | None = None, batch_size: int = 4
+    ) -> list[Result]:
         """Score, verdict and map (at each image's own resolution) for image files; a file that
         cannot be read gets a Result with `error` set. `threshold` overrides the calibrated ones."""
         results = [Result(str(p)) for p in paths]

@@ -53,8 +53,9 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> tuple[Path, P
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
-        raise VQFlowError("ONNX export needs the onnx package: pip install onnx onnxruntime "
-                          "(or pip install 'vqflow[onnx]')") from None
+        raise VQFlowError(
+            "ONNX export needs the onnx package: pip install onnx onnxruntime (or pip install 'vqflow[onnx]')"
+        ) from None
     tr = load_run(run, "cpu")
     path = Path(out) if out is not None else tr.folder / "export" / "model.onnx"
     if path.suffix != ".onnx":
@@ -68,9 +69,14 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> tuple[Path, P
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(
-            graph, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            graph,
+            (dummy,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
     side = sidecar_path(path)
     atomic_write_text(side, _sidecar(tr).to_json())
@@ -81,11 +87,21 @@ def _sidecar(tr: TrainedRun) -> Sidecar:
     s = tr.cfg.score
     size = tr.cfg.data.image_size
     return Sidecar(
-        input_size=(size, size), calibration=tr.calibration, vqflow_version=__version__,
-        run={"preset": tr.cfg.preset, "backbone": tr.cfg.model.backbone,
-             "epoch": tr.payload.get("chosen_epoch", tr.payload.get("epoch")),
-             "score": {"image_map": s.image_map, "pixel_map": s.pixel_map, "topk": s.topk,
-                       "blur_sigma": s.blur_sigma, "normalization": s.normalization}},
+        input_size=(size, size),
+        calibration=tr.calibration,
+        vqflow_version=__version__,
+        run={
+            "preset": tr.cfg.preset,
+            "backbone": tr.cfg.model.backbone,
+            "epoch": tr.payload.get("chosen_epoch", tr.payload.get("epoch")),
+            "score": {
+                "image_map": s.image_map,
+                "pixel_map": s.pixel_map,
+                "topk": s.topk,
+                "blur_sigma": s.blur_sigma,
+                "normalization": s.normalization,
+            },
+        },
     )
 
 

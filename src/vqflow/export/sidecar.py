@@ -29,19 +29,30 @@ class Sidecar:
     run: dict[str, Any] = field(default_factory=dict)  # preset, backbone, epoch, score settings
 
     def to_json(self) -> str:
-        return json.dumps({
-            "format": FORMAT,
-            "vqflow_version": self.vqflow_version,
-            "input": {"name": INPUT_NAME, "size_hw": list(self.input_size), "layout": "NCHW, RGB, float32",
-                      "resize": "Lanczos to size_hw, no crop", "scale": "pixel / 255",
-                      "mean": list(self.mean), "std": list(self.std)},
-            "outputs": {"score": "(B,) image anomaly score",
-                        "anomaly_map": "(B, H, W) pixel anomaly map at the input size",
-                        "concept": "(B,) learned concept (CPC code)"},
-            "calibration": self.calibration.to_dict(),
-            "concept_classes": {str(k): v for k, v in self.calibration.concept_classes.items()},
-            "run": self.run,
-        }, indent=2)
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "vqflow_version": self.vqflow_version,
+                "input": {
+                    "name": INPUT_NAME,
+                    "size_hw": list(self.input_size),
+                    "layout": "NCHW, RGB, float32",
+                    "resize": "Lanczos to size_hw, no crop",
+                    "scale": "pixel / 255",
+                    "mean": list(self.mean),
+                    "std": list(self.std),
+                },
+                "outputs": {
+                    "score": "(B,) image anomaly score",
+                    "anomaly_map": "(B, H, W) pixel anomaly map at the input size",
+                    "concept": "(B,) learned concept (CPC code)",
+                },
+                "calibration": self.calibration.to_dict(),
+                "concept_classes": {str(k): v for k, v in self.calibration.concept_classes.items()},
+                "run": self.run,
+            },
+            indent=2,
+        )
 
     @staticmethod
     def read(path: str | Path) -> Sidecar:

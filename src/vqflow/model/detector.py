@@ -67,7 +67,9 @@ class Detector(nn.Module):
         with torch.no_grad():
             return pool_features(self.backbone(images))
 
-    def log_likelihood(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def log_likelihood(
+        self, feats: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Per-scale log-likelihood maps (B, 3, H, W) at `size`, the codes and the concepts."""
         out = self.head(feats)
         return log_likelihood_maps(out.u, size), out.codes, out.concept

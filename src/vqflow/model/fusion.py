@@ -51,7 +51,9 @@ class FusionHalfStep(nn.Module):
         self.conv_in = nn.Conv2d(trunk_in, self.hidden_channels, 3, padding=1)
         self.norm = ChannelLayerNorm(self.hidden_channels)
         self.conv_out = nn.Conv2d(self.hidden_channels, sum(in_widths), 3, padding=1)
-        self.heads = nn.ModuleList(nn.Conv2d(w_in, 2 * w_out, 3, padding=1) for w_in, w_out in zip(in_widths, out_widths))
+        self.heads = nn.ModuleList(
+            nn.Conv2d(w_in, 2 * w_out, 3, padding=1) for w_in, w_out in zip(in_widths, out_widths)
+        )
         for head in self.heads:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -103,7 +105,9 @@ class FusionCoupling(InvertibleModule):
         if not isinstance(cond_channels, int) or cond_channels < 0:
             raise VQFlowError(f"flow setting 'cond_channels' must be an integer >= 0, got {cond_channels!r}")
         if hidden_channels is not None and (not isinstance(hidden_channels, int) or hidden_channels < 1):
-            raise VQFlowError(f"flow setting 'hidden_channels' must be a positive integer or None, got {hidden_channels!r}")
+            raise VQFlowError(
+                f"flow setting 'hidden_channels' must be a positive integer or None, got {hidden_channels!r}"
+            )
         if not clamp > 0:
             raise VQFlowError(f"flow setting 'clamp' must be > 0, got {clamp!r}")
         self.channels = channels

@@ -78,9 +78,7 @@ class VQFlow(nn.Module):
         pattern_dim = dp if concept_patterns else dp + p
         if quantize:
             self.cpc = VectorQuantizer(num_concepts, d, **vq)
-            self.cspc = nn.ModuleList(
-                [VectorQuantizer(num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)]
-            )
+            self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)])
         cond = pattern_dim + d
         self.flows = nn.ModuleList(
             [
@@ -96,9 +94,7 @@ class VQFlow(nn.Module):
                 nn.init.zeros_(head.bias)
             for head in self.latent_scale:  # softplus(b) + eps = 1 at start
                 nn.init.constant_(head.bias, math.log(math.expm1(1.0 - 1e-3)))
-        self.fusion = FusionCoupling(
-            list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp
-        )
+        self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def _pe(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
@@ -205,8 +201,11 @@ class VQFlow(nn.Module):
             counts = q.usage_counts.detach().cpu().double()
             p = counts / max(counts.sum().item(), 1.0)
             p = p[p > 0]
-            out[name] = {"used": int(p.numel()), "codes": int(counts.numel()),
-                         "perplexity": math.exp(-(p * p.log()).sum().item())}
+            out[name] = {
+                "used": int(p.numel()),
+                "codes": int(counts.numel()),
+                "perplexity": math.exp(-(p * p.log()).sum().item()),
+            }
         return out
 
     def random_states(self) -> dict[str, torch.Tensor]:

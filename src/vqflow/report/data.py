@@ -43,9 +43,7 @@ def check_report_data(data: ReportData) -> int:
         if data.maps is None:
             raise VQFlowError("report: masks given without maps; pass maps or set masks=None")
         if data.masks.shape != data.maps.shape:
-            raise VQFlowError(
-                f"report: masks shape {data.masks.shape} differs from maps shape {data.maps.shape}"
-            )
+            raise VQFlowError(f"report: masks shape {data.masks.shape} differs from maps shape {data.maps.shape}")
     for name, length in per_image.items():
         if length != n:
             raise VQFlowError(f"report: {name} has {length} entries but paths has {n}; pass one per image")

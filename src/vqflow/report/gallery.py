@@ -77,7 +77,7 @@ def class_gallery(
             base = html.escape(os.path.basename(str(data.paths[i])))
             tiles.append(
                 f'<figure class="tile {truth}"><img src="{rel_dir}/{file_name}" alt="{base}" loading="lazy">'
-                f"<figcaption><b>{float(data.scores[i]):.4g}</b> <span class=\"tag {truth}\">{truth}</span>"
+                f'<figcaption><b>{float(data.scores[i]):.4g}</b> <span class="tag {truth}">{truth}</span>'
                 f'<span class="path" title="{html.escape(str(data.paths[i]))}">{base}</span></figcaption></figure>'
             )
         rows.append(f'<div class="row-label">{label}</div><div class="tiles">{"".join(tiles)}</div>')

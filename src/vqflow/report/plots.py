@@ -52,8 +52,12 @@ def _grid(n: int, panel_w: float = 2.5, panel_h: float = 2.3, max_cols: int = 5,
     width, height = panel_w * cols + 0.3, panel_h * rows + 0.3
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(
-        left=0.6 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.5 / height,
-        wspace=0.45, hspace=hspace,
+        left=0.6 / width,
+        right=1 - 0.2 / width,
+        bottom=0.5 / height,
+        top=1 - 0.5 / height,
+        wspace=0.45,
+        hspace=hspace,
     )
     flat = list(axes.ravel())
     for ax in flat[n:]:

@@ -72,8 +72,11 @@ def metrics_table_html(metrics: dict) -> str:
         is_mean = i == len(rows) - 1
         cells = "".join(f'<td class="num{" na" if c == "—" else ""}">{c}</td>' for c in row[1:])
         tag = ' class="mean"' if is_mean else ""
-        body.append(f"<tr{tag}><th scope=\"row\">{html.escape(row[0])}</th>{cells}</tr>")
+        body.append(f'<tr{tag}><th scope="row">{html.escape(row[0])}</th>{cells}</tr>')
     return (
-        '<table class="metrics"><thead><tr><th>class</th>' + head + "</tr></thead><tbody>"
-        + "".join(body) + "</tbody></table>"
+        '<table class="metrics"><thead><tr><th>class</th>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
     )

@@ -39,9 +39,13 @@ def _summary_cards(metrics: dict) -> str:
     for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
         if key == "image_auroc" or format_percent(means.get(key)) != "—":  # no empty pixel cards
             cards.append(("", format_percent(means.get(key)), f"mean {label}"))
-    return '<div class="cards">' + "".join(
-        f'<div class="card {cls}"><div class="v">{v}</div><div class="k">{k}</div></div>' for cls, v, k in cards
-    ) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {cls}"><div class="v">{v}</div><div class="k">{k}</div></div>' for cls, v, k in cards
+        )
+        + "</div>"
+    )
 
 
 def _curves_section(data: ReportData, groups: dict[str, np.ndarray], files: Path) -> str:
@@ -118,7 +122,10 @@ def _concept_section(data: ReportData, files: Path) -> str:
         rows.append(f'<tr><th scope="row">{html.escape(name)}</th>{cells}</tr>')
     out.append(
         '<div class="scroll"><table class="concepts"><thead><tr><th>class \\ concept</th>'
-        + head + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
     )
     out.append(
         '<p class="caption">Test images of each true class per assigned CPC concept (used concepts only). '
@@ -144,7 +151,7 @@ def _usage_section(data: ReportData, files: Path) -> str:
             f'<td class="num">{s.size}</td><td class="num">{ppl}</td></tr>'
         )
     out.append(
-        '<table><thead><tr><th>level</th><th>used codes</th><th>codebook size</th><th>perplexity</th>'
+        "<table><thead><tr><th>level</th><th>used codes</th><th>codebook size</th><th>perplexity</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
     plots.usage_figure(data.code_usage, files / "usage.png")
@@ -177,7 +184,8 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
     title = html.escape(data.title)
 
     galleries = "".join(
-        class_gallery(name, k, idx, data, files, FILES_DIR, GALLERY_PER_SIDE) for k, (name, idx) in enumerate(groups.items())
+        class_gallery(name, k, idx, data, files, FILES_DIR, GALLERY_PER_SIDE)
+        for k, (name, idx) in enumerate(groups.items())
     )
     gallery_note = (
         "Heatmap over the image (turbo: blue low, red high), ground-truth outline in white; "
@@ -190,9 +198,13 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
         f"{len(groups)} classes</div></header>",
         '<nav><a href="#metrics">Metrics</a><a href="#curves">Curves</a><a href="#scores">Scores</a>'
         '<a href="#galleries">Galleries</a><a href="#concepts">Concepts</a><a href="#codebooks">Codebooks</a>'
-        + ('<a href="#notes">Notes</a>' if data.notes else "") + "</nav><main>",
-        '<section id="metrics"><h2>Metrics</h2>' + _summary_cards(data.metrics)
-        + '<div class="scroll">' + metrics_table_html(data.metrics) + "</div>"
+        + ('<a href="#notes">Notes</a>' if data.notes else "")
+        + "</nav><main>",
+        '<section id="metrics"><h2>Metrics</h2>'
+        + _summary_cards(data.metrics)
+        + '<div class="scroll">'
+        + metrics_table_html(data.metrics)
+        + "</div>"
         '<p class="caption">Percent, one decimal; — where a metric does not apply (no masks, or no '
         "anomalies in the class). AUPRO integrates to FPR 0.3 and is divided by 0.3.</p></section>",
         _curves_section(data, groups, files),
