@@ -261,3 +261,38 @@ def test_disk_feature_cache_trains_the_same_model_as_memory(data, tmp_path):
         assert not list(out.glob(".feature_cache*")), "the disk cache is deleted after fit"
     for k in runs["memory"]:
         assert torch.equal(runs["memory"][k], runs["disk"][k]), k
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["calibration", "vq_rng", "config", "optimizer", "history"],
+)
+def test_checksum_covers_the_whole_payload(trained, tmp_path, where):
+    """A changed calibration threshold, random state, config value, optimizer moment or log
+    entry is caught, not only a changed weight."""
+    payload = load_checkpoint(trained / "checkpoints" / "final.pt")
+    if where == "calibration":
+        payload["calibration"]["threshold"] = float(np.nextafter(payload["calibration"]["threshold"], np.inf))
+    elif where == "vq_rng":
+        state = next(iter(payload["vq_rng"].values()))
+        state[7] = state[7] ^ 1
+    elif where == "config":
+        payload["config"]["score"]["topk"] = 0.5
+    elif where == "optimizer":
+        moment = next(iter(payload["optimizer"]["state"].values()))["exp_avg"]
+        moment.view(-1)[0] += 1e-7
+    else:
+        payload["history"][0]["loss"] += 1e-9
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    with pytest.raises(VQFlowError, match="checksum"):
+        load_checkpoint(bad)
+
+
+def test_a_checkpoint_with_python_objects_is_refused_without_unsafe_advice(tmp_path):
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "vqflow-checkpoint-v1", "model": {}, "x": Path("/")}, bad)
+    with pytest.raises(VQFlowError) as err:
+        load_checkpoint(bad)
+    message = str(err.value)
+    assert "not a vqflow checkpoint" in message and "weights_only" not in message
