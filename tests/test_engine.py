@@ -296,3 +296,22 @@ def test_a_checkpoint_with_python_objects_is_refused_without_unsafe_advice(tmp_p
         load_checkpoint(bad)
     message = str(err.value)
     assert "not a vqflow checkpoint" in message and "weights_only" not in message
+
+
+def test_any_trained_artefact_marks_a_run(trained, data, tmp_path, capsys):
+    """A folder with final.pt but no last.pt (or only a log) is not trained over."""
+    out = tmp_path / "copied"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "final.pt").write_bytes((trained / "checkpoints" / "final.pt").read_bytes())
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(1)]) == 2
+    assert "final.pt" in capsys.readouterr().err
+    assert not (out / "train_log.jsonl").exists()
+
+
+def test_a_saved_config_is_reusable_as_is(trained, tmp_path):
+    out = tmp_path / "again"
+    assert main(["fit", "--config", str(trained / "config.yaml"), "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    assert (
+        load_checkpoint(out / "checkpoints" / "final.pt")["config"]["data"]["specs"]
+        == load_checkpoint(trained / "checkpoints" / "final.pt")["config"]["data"]["specs"]
+    )

@@ -118,6 +118,13 @@ def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
     return config.resolve(args.preset, args.config, args.set, **options)
 
 
+def config_file_data(path: str) -> dict:
+    """The raw mapping of a --config file (a saved run's config.yaml holds data.specs)."""
+    from vqflow import config
+
+    return config.load_yaml(path)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from vqflow.engine.fit import fit
 
@@ -131,9 +138,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             cfg.train.epochs = args.epochs
     else:
-        if not args.data:
-            raise VQFlowError("fit needs --data SPEC (e.g. --data mvtec:/data/mvtec_ad, or --data demo)")
         cfg = resolve_config(args)
+        from_file = bool(args.config) and "specs" in (config_file_data(args.config).get("data") or {})
+        if not args.data and not from_file:
+            raise VQFlowError("fit needs --data SPEC (e.g. --data mvtec:/data/mvtec_ad, or --data demo)")
     fit(cfg, args.out, resume=args.resume, quiet=args.quiet)
     if not args.quiet:
         print(f"trained model in {args.out}; evaluate with: vqflow test --run {args.out}")

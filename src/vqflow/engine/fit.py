@@ -149,8 +149,13 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
                 f"--resume: {', '.join(differ)} differ from the config saved in {last}; resume with the same "
                 "options (--epochs and --device may change)"
             )
-    elif last.exists():
-        raise VQFlowError(f"{out} already holds a trained run; continue it with --resume or choose another --out")
+    else:
+        artefacts = [ckpt_dir / "last.pt", ckpt_dir / "final.pt", ckpt_dir / "best.pt", out / "train_log.jsonl"]
+        found = [p.name for p in artefacts if p.exists()]
+        if found:
+            raise VQFlowError(
+                f"{out} already holds a trained run ({', '.join(found)}); continue it with --resume or choose another --out"
+            )
 
     seed_everything(cfg.train.seed)
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
