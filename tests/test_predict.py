@@ -4,6 +4,7 @@ bar, threshold override, unreadable inputs named, the run folder protected."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,15 @@ def test_out_may_not_be_the_run_folder(tiny_run, inputs, capsys):
     assert not (tiny_run / "scores.csv").exists()
     assert (tiny_run / "checkpoints" / "final.pt").read_bytes() == before
     assert not (tiny_run / "heatmaps").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_scored_and_written(tiny_run, inputs, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    shutil.copy(inputs / "square.png", src / name)
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(tiny_run), str(src), "--out", str(out), "--quiet"]) == 0
+    raw = (out / "scores.csv").read_bytes()
+    assert b"caf\xe9.png" in raw
+    assert (out / "heatmaps" / os.fsdecode(b"caf\xe9.png")).is_file()
