@@ -319,3 +319,14 @@ def test_two_process_gloo_reduction_matches_single_process(tmp_path):
         single(x)
     for name, value in single.state_dict().items():
         torch.testing.assert_close(states[0][name], value, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_nearest_index_matches_brute_force_with_disallowed_codes():
+    from vqflow.model.quantizer import nearest_index
+
+    g = torch.Generator().manual_seed(5)
+    x, codes = torch.randn(300, 6, generator=g), torch.randn(9, 6, generator=g)
+    allowed = torch.tensor([True, False, True, True, False, True, True, True, False])
+    expected = brute_force_nearest(x.numpy(), codes.numpy(), allowed.numpy())
+    np.testing.assert_array_equal(nearest_index(x, codes, allowed).numpy(), expected)
+    assert nearest_index(x, codes, torch.zeros(9, dtype=torch.bool)).eq(0).all()

@@ -57,6 +57,20 @@ def nearest_codes(
     return torch.cat(indices), torch.cat(dists)
 
 
+def nearest_index(x: torch.Tensor, codes: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest allowed code for every row of x (N, D): argmin of |c|^2 - 2 x.c
+    (|x|^2 does not change the argmin), one fused matmul per row chunk; disallowed codes get
+    +inf. Ties go to the lowest index; where no code is allowed, every row gets code 0."""
+    norms = codes.pow(2).sum(1)
+    if allowed is not None:
+        norms = norms.masked_fill(~allowed, float("inf"))
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one graph for any batch size
+        return torch.addmm(norms[None], x, codes.t(), alpha=-2).argmin(1)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, codes.shape[0]))
+    parts = [torch.addmm(norms[None], part, codes.t(), alpha=-2).argmin(1) for part in x.split(chunk)]
+    return torch.cat(parts) if parts else x.new_zeros(0, dtype=torch.long)
+
+
 def _sample_index(weights: torch.Tensor, generator: torch.Generator) -> int:
     """One index drawn with probability proportional to `weights` (on CPU, for determinism)."""
     return int(torch.multinomial(weights.detach().to("cpu", torch.float64), 1, generator=generator))
@@ -222,7 +236,7 @@ class VectorQuantizer(nn.Module):
             data = x.detach().reshape(-1, self.dim).float()
             if self.training and not bool(self.initialized):
                 self._initialize(data)
-            idx, _ = nearest_codes(data, self.codes, self.active)
+            idx = nearest_index(data, self.codes, self.active)
             q = self.codes.index_select(0, idx)  # looked up before the EMA step changes codes
             counts = torch.bincount(idx, minlength=self.num_codes)
             if self.training:
@@ -238,8 +252,7 @@ class VectorQuantizer(nn.Module):
         """Eval-mode lookup in ops every exporter knows (one distance matrix, no bincount):
         what an exported graph runs. Usage and perplexity are not computed there."""
         data = x.reshape(-1, self.dim).float()
-        d = squared_distances(data, self.codes).masked_fill(~self.active, float("inf"))
-        idx = d.argmin(1)
+        idx = nearest_index(data, self.codes, self.active)
         q = self.codes.index_select(0, idx).reshape(x.shape).to(x.dtype)
         zero = x.new_zeros(())
         usage = torch.zeros(self.num_codes, dtype=torch.long, device=x.device)
