@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,51 @@ def chelsea(size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
 
 
+def assert_close_to_max(ours: torch.Tensor, theirs: torch.Tensor, tol: float = 1e-4) -> None:
+    """Same shape, and max |ours - theirs| <= tol * max |theirs| (float error of BN folding)."""
+    assert ours.shape == theirs.shape
+    scale = float(theirs.abs().max())
+    err = float((ours - theirs).abs().max())
+    assert err <= tol * scale, f"max abs diff {err:.3g} > {tol} * {scale:.3g}"
+
+
+def package_taps(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The unmodified package network's output of the last block at each map size (4 deepest
+    sizes): found by hooks and shapes, independently of vqflow's stride bookkeeping."""
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out, idx=idx: outputs.__setitem__(idx, out))
+        for idx, block in enumerate(net._blocks)
+    ]
+    with torch.no_grad():
+        net.eval().extract_features(x)
+    for h in hooks:
+        h.remove()
+    last_at_size: dict[tuple[int, int], int] = {}
+    for idx in sorted(outputs):
+        last_at_size[tuple(outputs[idx].shape[-2:])] = idx
+    sizes = sorted(last_at_size, key=lambda hw: hw[0] * hw[1], reverse=True)[-4:]
+    return [outputs[last_at_size[hw]] for hw in sizes]
+
+
+def random_package_net_and_backbone(name: str, tmp_path, wrap: bool = False, seed: int = 1):
+    """A seeded random package network (dynamic padding) and vqflow's backbone loaded from its
+    state dict saved to a file (optionally wrapped under 'state_dict')."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(seed)
+    net = EfficientNet.from_name(name.replace("_", "-"), image_size=None).eval()
+    state = net.state_dict()
+    for key, value in state.items():  # random BN statistics too, so folding really matters
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 2.0)
+        elif key.endswith("running_mean"):
+            value.normal_(0.0, 0.5)
+    path = tmp_path / f"{name}_random.pt"
+    torch.save({"state_dict": state} if wrap else state, path)
+    return net, create_backbone(name, weights=str(path))
+
+
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_classifier_sees_a_cat_only_with_the_packaged_weights(name, pretrained):
@@ -84,7 +130,7 @@ def test_stage_maps_equal_the_upstream_blocks_at_native_size(name):
     maps = backbone(x)
     assert len(maps) == 4
     for ours, theirs in zip(maps, expected):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        assert_close_to_max(ours, theirs)  # BN folding changes float rounding, not the maps
 
 
 def test_lite0_channels_are_the_documented_ones(lite0):
@@ -134,21 +180,21 @@ def test_local_weights_file_round_trip(tmp_path, lite0):
     path = tmp_path / "lite0.pt"
     torch.save(packaged, path)
     local = create_backbone("efficientnet_lite0", weights=str(path), pretrained=False)
-    for key, value in packaged.items():
-        assert torch.equal(local.net.state_dict()[key], value), key
+    for (key, ours), theirs in zip(local.state_dict().items(), lite0.state_dict().values()):
+        assert torch.equal(ours, theirs), key
     x = torch.randn(1, 3, 64, 64)
     for m1, m2 in zip(local(x), lite0(x)):
         assert torch.equal(m1, m2)
 
 
-def test_local_weights_file_is_really_used(tmp_path):
-    torch.manual_seed(1)
-    source = create_backbone("efficientnet_lite0", pretrained=False)
-    path = tmp_path / "random.pt"
-    torch.save({"state_dict": source.net.state_dict()}, path)  # wrapped form is accepted
-    loaded = create_backbone("efficientnet_lite0", weights=str(path))
-    for key, value in source.net.state_dict().items():
-        assert torch.equal(loaded.net.state_dict()[key], value), key
+def test_local_weights_file_is_really_used(tmp_path, lite0):
+    """A random package state dict (wrapped form) gives that network's maps, not ImageNet's."""
+    net, backbone = random_package_net_and_backbone("efficientnet_lite0", tmp_path, wrap=True)
+    x = torch.randn(1, 3, 64, 64)
+    expected = package_taps(net, x)
+    for ours, theirs, imagenet in zip(backbone(x), expected, lite0(x)):
+        assert_close_to_max(ours, theirs)
+        assert not torch.allclose(ours, imagenet, atol=1e-2)
 
 
 def test_random_init_is_deterministic_under_a_seed():
@@ -304,3 +350,113 @@ def test_timm_download_failure_and_unknown_name(fake_timm, tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), path)
     create_backbone("wide_resnet50_2", weights=str(path))
     assert fake_timm[-1]["pretrained_cfg_overlay"] == {"file": str(path)}
+
+
+@pytest.mark.parametrize("size", [(256, 256), (97, 130)])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_fast_extractor_matches_the_package_network(name, size, tmp_path):
+    """Folded BN + static padding + channels_last give the package's maps at any input size:
+    Lite0 with its ImageNet weights, Lite2 with seeded random weights (and BN statistics)."""
+    if name == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        net.load_state_dict(torch.load(packaged_weights_path(name), weights_only=True))
+        backbone = create_backbone(name)
+    else:
+        net, backbone = random_package_net_and_backbone(name, tmp_path)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size)
+    maps, expected = backbone(x), package_taps(net, x)
+    assert len(maps) == 4
+    for ours, theirs, stride in zip(maps, expected, (4, 8, 16, 32)):
+        assert ours.shape[-2:] == (-(-size[0] // stride), -(-size[1] // stride))
+        assert ours.is_contiguous()
+        assert_close_to_max(ours, theirs)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_traced_at_a_fixed_size_runs_any_batch(lite0):
+    """The legacy (TorchScript) ONNX exporter traces like this: fixed H, W, dynamic batch."""
+    traced = torch.jit.trace(lite0, torch.randn(2, 3, 96, 64), check_trace=False)
+    x = torch.randn(3, 3, 96, 64)
+    for ours, eager in zip(traced(x), lite0(x)):
+        torch.testing.assert_close(ours, eager, rtol=0, atol=0)
+
+
+def backbones_import_graph(folder) -> dict[str, set[str]]:
+    """Module -> modules of the same package it imports anywhere (lazy imports included);
+    `from <package> import Name` of a non-module counts as importing `__init__`."""
+    import ast
+
+    package = "vqflow.backbones"
+    modules = {p.stem for p in Path(folder).glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in Path(folder).glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: 3 - node.level] + ([base] if base else []))
+                if base == package:
+                    targets = [f"{base}.{a.name}" if a.name in modules else f"{base}.__init__" for a in node.names]
+                else:
+                    targets = [base]
+            else:
+                continue
+            for target in targets:
+                if target.startswith(package + "."):
+                    deps.add(target[len(package) + 1 :].split(".")[0])
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def find_import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle [a, b, ..., a] of the graph, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_inside_backbones():
+    import vqflow.backbones
+
+    folder = Path(vqflow.backbones.__file__).parent
+    graph = backbones_import_graph(folder)
+    assert {"registry", "factory", "timm_backbone", "efficientnet_lite"} <= set(graph)
+    assert graph["registry"] <= {"base"}, "the registry must stay a leaf"
+    assert find_import_cycle(graph) is None, find_import_cycle(graph)
+
+
+def test_import_cycle_check_sees_a_lazy_cycle(tmp_path):
+    """The checker itself: a function-level import back (the old registry's pattern) is found."""
+    (tmp_path / "registry.py").write_text(
+        "def create():\n    from vqflow.backbones.timm_backbone import make\n    return make()\n"
+    )
+    (tmp_path / "timm_backbone.py").write_text("from vqflow.backbones.registry import create\n")
+    (tmp_path / "base.py").write_text("from . import registry\n")
+    graph = backbones_import_graph(tmp_path)
+    assert graph == {"registry": {"timm_backbone"}, "timm_backbone": {"registry"}, "base": {"registry"}}
+    assert find_import_cycle(graph) in (
+        ["registry", "timm_backbone", "registry"],
+        ["timm_backbone", "registry", "timm_backbone"],
+    )

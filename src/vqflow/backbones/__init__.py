@@ -5,15 +5,10 @@ the `vqflow[timm]` extra, a local weights file, or a user nn.Module work too.
 """
 
 from vqflow.backbones.base import STAGE_STRIDES, FeatureExtractor
-from vqflow.backbones.registry import (
-    DEFAULT_BACKBONE,
-    create_backbone,
-    list_backbones,
-    register_backbone,
-)
-from vqflow.backbones import efficientnet_lite as _builtin  # noqa: F401  (registers names)
 from vqflow.backbones.efficientnet_lite import EfficientNetLiteFeatures, packaged_weights_path
+from vqflow.backbones.factory import create_backbone
 from vqflow.backbones.module_backbone import ModuleFeatures, wrap_module
+from vqflow.backbones.registry import DEFAULT_BACKBONE, list_backbones, register_backbone
 from vqflow.backbones.timm_backbone import TimmFeatures
 
 __all__ = [

@@ -54,7 +54,7 @@ class ModuleFeatures(FeatureExtractor):
             maps = self(probe)
         except VQFlowError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a user module may raise anything; named in one line
             raise VQFlowError(
                 f"backbone module '{self.name}' failed on a 1x3x{PROBE_SIZE}x{PROBE_SIZE} input: "
                 + " ".join(str(exc).split())[:160]

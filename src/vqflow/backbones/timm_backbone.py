@@ -77,7 +77,7 @@ def create_timm_backbone(
         model = timm.create_model(name, **kwargs)
     except VQFlowError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - timm and hub downloads raise many types; named in one line
         if weights is not None:
             raise VQFlowError(
                 f"backbone weights file '{weights}' does not fit backbone '{shown}' "

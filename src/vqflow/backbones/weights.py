@@ -36,7 +36,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, pickled code, not a torch file...
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated, pickled code, not a torch file...
         raise VQFlowError(
             f"backbone weights file '{path}' is not a readable torch state dict "
             f"({_one_line(exc)}): save one with torch.save(model.state_dict(), FILE)"
@@ -46,15 +46,17 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         raise VQFlowError(
             f"backbone weights file '{path}' does not hold a state dict of tensors: "
             "save one with torch.save(model.state_dict(), FILE)"
         )
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 

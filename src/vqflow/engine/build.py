@@ -31,8 +31,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def inference_batch_size(cfg: Config, device: torch.device) -> int:
-    """Images per backbone pass: 4 on a CPU, where larger batches are slower per image
-    (Lite0 at 256 px: ~60 ms/img at 4, ~105 at 16), else the training batch size."""
+    """Images per backbone pass: 4 on a CPU, where larger batches are no faster per image and
+    hold more memory (benchmarks/results/backbone.json, predict.json), else the training batch size."""
     return min(4, cfg.train.batch_size) if device.type == "cpu" else cfg.train.batch_size
 
 
