@@ -20,21 +20,41 @@ def log_likelihood_maps(u: list[torch.Tensor], size: int | tuple[int, int]) -> t
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps, radius 4 sigma, reflect padding."""
+    """Separable Gaussian blur of (B, H, W) maps, radius 4 sigma, reflect padding (a side
+    shorter than the radius cuts the kernel and renormalises it).
+
+    Written as two matrix products, K_h @ map @ K_w^T, with the padding folded into the
+    banded matrices: the same sums as a padded convolution, several times faster on a CPU
+    than a one-channel conv, and plain MatMuls in an exported graph.
+    """
     if sigma <= 0:
         return maps
-    radius = max(1, int(4 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    m = maps[:, None]
-    pad_h = min(radius, m.shape[-2] - 1)
-    pad_w = min(radius, m.shape[-1] - 1)
-    kh = k[radius - pad_h : radius + pad_h + 1]
-    kw = k[radius - pad_w : radius + pad_w + 1]
-    m = F.conv2d(F.pad(m, (0, 0, pad_h, pad_h), mode="reflect"), (kh / kh.sum()).view(1, 1, -1, 1))
-    m = F.conv2d(F.pad(m, (pad_w, pad_w, 0, 0), mode="reflect"), (kw / kw.sum()).view(1, 1, 1, -1))
-    return m[:, 0]
+    kh = blur_matrix(int(maps.shape[-2]), sigma, maps.dtype, maps.device)
+    kw = blur_matrix(int(maps.shape[-1]), sigma, maps.dtype, maps.device)
+    return torch.matmul(torch.matmul(kh, maps), kw.t())
+
+
+_BLUR_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def blur_matrix(n: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n, n) matrix of the 1-D blur: row i holds the kernel weights, reflected at the ends."""
+    key = (n, float(sigma), dtype, str(device))
+    if key not in _BLUR_MATRICES:
+        radius = max(1, int(4 * sigma + 0.5))
+        pad = min(radius, n - 1)
+        x = torch.arange(-pad, pad + 1, dtype=torch.float64)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        m = torch.zeros(n, n, dtype=torch.float64)
+        rows = torch.arange(n)
+        for j in range(2 * pad + 1):  # input position of tap j for every output row, reflected
+            p = rows + j - pad
+            p = torch.where(p < 0, -p, p)
+            p = torch.where(p > n - 1, 2 * (n - 1) - p, p)
+            m.index_put_((rows, p), k[j].expand(n), accumulate=True)
+        _BLUR_MATRICES[key] = m.to(dtype=dtype, device=device)
+    return _BLUR_MATRICES[key]
 
 
 def mul_map(loglik: torch.Tensor, stats: ScoreStats | None = None) -> torch.Tensor:
