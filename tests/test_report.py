@@ -209,3 +209,17 @@ def test_report_is_deterministic(tmp_path: Path) -> None:
     a = write_report(tmp_path / "a", make_data()).read_bytes()
     b = write_report(tmp_path / "b", make_data()).read_bytes()
     assert a == b
+
+
+def test_overlay_colours_equal_matplotlib_turbo_blend() -> None:
+    """The table lookup gives exactly matplotlib's turbo colormap, blended half and half."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    amap = (rng.random((37, 53)) * 3).astype(np.float32)
+    amap[0, :5] = [0.5, 2.5, 0.4999, 2.5001, 1.5]  # the ends of the range and just past them
+    got = overlay(image, amap, vmin=0.5, vmax=2.5)
+    scaled = np.clip((amap - 0.5) / 2.0, 0, 1)
+    colours = matplotlib.colormaps["turbo"](scaled)[..., :3] * 255.0
+    expected = np.clip(np.rint(0.5 * image.astype(np.float64) + 0.5 * colours), 0, 255)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert (got == expected).mean() > 0.99

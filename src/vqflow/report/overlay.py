@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -38,6 +39,13 @@ def _resize_map(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
 
 
+@functools.cache
+def turbo_lut() -> np.ndarray:
+    """matplotlib's turbo colours (256, 3) in 0..255: a table lookup gives the colours that
+    colormap(x) gives (it bins x into 256 entries the same way), without its RGBA floats."""
+    return matplotlib.colormaps["turbo"](np.arange(256))[:, :3] * 255.0
+
+
 def overlay(
     image_uint8: np.ndarray,
     amap: np.ndarray,
@@ -63,9 +71,12 @@ def overlay(
     lo = float(np.nanmin(amap)) if vmin is None else float(vmin)
     hi = float(np.nanmax(amap)) if vmax is None else float(vmax)
     scaled = np.clip((amap - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(amap)
-    colours = matplotlib.colormaps["turbo"](np.nan_to_num(scaled))[..., :3] * 255.0
-    blended = (1.0 - HEATMAP_ALPHA) * image.astype(np.float32) + HEATMAP_ALPHA * colours
-    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    idx = np.minimum((np.nan_to_num(scaled) * 256).astype(np.intp), 255)  # colormap(x)'s own binning
+    weighted = (HEATMAP_ALPHA * turbo_lut()).astype(np.float32)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for c in range(3):  # per channel: 1-D table lookups, no (H, W, 3) float temporaries
+        v = (1.0 - HEATMAP_ALPHA) * image[..., c].astype(np.float32) + np.take(weighted[:, c], idx)
+        out[..., c] = np.rint(v, out=v)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape[:2]:
@@ -78,7 +89,12 @@ def with_colorbar(image: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """The image with a turbo colour bar on its right, labelled with the scores at its ends
     (and middle), so a heatmap file says which score a colour stands for."""
     image = np.asarray(image, dtype=np.uint8)
-    h = image.shape[0]
+    return np.concatenate([image, _colorbar(image.shape[0], float(vmin), float(vmax))], axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _colorbar(h: int, vmin: float, vmax: float) -> np.ndarray:
+    """The labelled bar strip for images of height h (cached: predict draws it once per size)."""
     bar_w = max(8, h // 24)
     font = _font(max(10, min(h // 18, 28)))
     labels = [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"]
@@ -87,13 +103,15 @@ def with_colorbar(image: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     strip = np.full((h, pad + bar_w + pad + text_w + pad, 3), 255, dtype=np.uint8)
     ramp = np.linspace(1.0, 0.0, h)[:, None].repeat(bar_w, axis=1)
     strip[:, pad : pad + bar_w] = (matplotlib.colormaps["turbo"](ramp)[..., :3] * 255).round().astype(np.uint8)
-    canvas = Image.fromarray(np.concatenate([image, strip], axis=1))
+    canvas = Image.fromarray(strip)
     draw = ImageDraw.Draw(canvas)
-    x = image.shape[1] + pad + bar_w + pad
+    x = pad + bar_w + pad
     size = getattr(font, "size", 10)
     for text, y in zip(labels, (0, (h - size) // 2, h - size - 2)):
         draw.text((x, max(0, y)), text, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
+    strip = np.asarray(canvas)
+    strip.setflags(write=False)
+    return strip
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -110,5 +128,5 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
         raise VQFlowError(f"save_png: {path}: need (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}")
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # fast; a heatmap per image
     return path
