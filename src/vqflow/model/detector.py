@@ -87,8 +87,3 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Prediction:
         return self.predict_features(self.features(images), (int(images.shape[-2]), int(images.shape[-1])))
-
-    def thresholds(self, concept: torch.Tensor) -> torch.Tensor:
-        """Each image's verdict threshold (its concept's, else the global one), (B,)."""
-        cal = self.calibration
-        return torch.tensor([cal.threshold_for(int(c)) for c in concept.tolist()], dtype=torch.float64)
