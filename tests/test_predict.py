@@ -161,3 +161,18 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_written(tiny_run, inputs, tm
     raw = (out / "scores.csv").read_bytes()
     assert b"caf\xe9.png" in raw
     assert (out / "heatmaps" / os.fsdecode(b"caf\xe9.png")).is_file()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_frozen_forward_equals_the_detectors_own(tiny_run, tiny_data, batch):
+    from vqflow.model.detector import frozen_forward
+
+    det = load_run(tiny_run, "cpu").detector
+    files = sorted(tiny_data.glob("*/test/*/*.png"))[:batch]
+    x = torch.from_numpy(np.stack([model_input(read_rgb(f), 64) for f in files]))
+    score, amap, concept = frozen_forward(det, (64, 64))(x)
+    with torch.no_grad():
+        ref = det(x)
+    np.testing.assert_allclose(score.numpy(), ref.score.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(amap.numpy(), ref.anomaly_map.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(concept.numpy(), ref.concept.numpy())

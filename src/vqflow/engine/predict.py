@@ -219,20 +219,20 @@ def run_predict(
 
 
 def torch_model(run: str | Path, device: str = "auto") -> Model:
-    """A trained run's Detector (torch) behind the pipeline's interface."""
+    """A trained run's Detector (torch; head traced and frozen) behind the pipeline's interface."""
     import torch
 
     from vqflow.engine.build import inference_batch_size, load_run
+    from vqflow.model.detector import frozen_forward
 
     tr = load_run(run, device)
-    det = tr.detector
+    size = tr.cfg.data.image_size
+    forward = frozen_forward(tr.detector, (size, size))
 
     def run_batch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            pred = det(torch.from_numpy(x).to(tr.device))
-        return (pred.score.double().cpu().numpy(), pred.anomaly_map.float().cpu().numpy(), pred.concept.cpu().numpy())
+        score, amap, concept = forward(torch.from_numpy(x).to(tr.device))
+        return score.double().cpu().numpy(), amap.float().cpu().numpy(), concept.cpu().numpy()
 
-    size = tr.cfg.data.image_size
     return Model(run_batch, (size, size), tr.calibration, inference_batch_size(tr.cfg, tr.device), tr.folder)
 
 
@@ -240,7 +240,7 @@ def onnx_model(path: str | Path, batch_size: int = 4) -> Model:
     """An exported ONNX graph (and its JSON sidecar) behind the pipeline's interface."""
     from vqflow.export.inferencer import OnnxInferencer
 
-    inf = OnnxInferencer(path)
+    inf = OnnxInferencer(path, spin=False)  # the reader and writer threads share the cores
     return Model(inf.run, inf.input_size, inf.calibration, batch_size)
 
 
