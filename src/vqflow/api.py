@@ -7,6 +7,7 @@ from typing import Any
 
 from vqflow import config as _config
 from vqflow.config import Config
+from vqflow.engine.predict import predict  # noqa: F401 - the API's predict is the engine's (imports no torch)
 
 
 def make_config(cfg: Config | dict | str | Path | None = None, **overrides: Any) -> Config:
@@ -43,34 +44,6 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
     from vqflow.engine.evaluate import evaluate as _evaluate
 
     return _evaluate(run, device=device, quiet=quiet, report=report)
-
-
-def predict(
-    run: str | Path | None,
-    inputs: list[str],
-    out: str | Path,
-    device: str = "auto",
-    quiet: bool = False,
-    threshold: float | None = None,
-    heatmaps: bool = True,
-    save_maps: bool = False,
-    onnx: str | Path | None = None,
-) -> list[dict]:
-    """Scores, verdicts and heatmaps for new images; rows as in OUT/scores.csv. `onnx`: an
-    exported model file to run instead of the run's torch detector."""
-    from vqflow.engine.predict import predict as _predict
-
-    return _predict(
-        run,
-        [str(i) for i in inputs],
-        out,
-        device=device,
-        quiet=quiet,
-        threshold=threshold,
-        heatmaps=heatmaps,
-        save_maps=save_maps,
-        onnx=onnx,
-    )
 
 
 def load_detector(run: str | Path, device: str = "auto"):
