@@ -315,3 +315,76 @@ def test_a_saved_config_is_reusable_as_is(trained, tmp_path):
         load_checkpoint(out / "checkpoints" / "final.pt")["config"]["data"]["specs"]
         == load_checkpoint(trained / "checkpoints" / "final.pt")["config"]["data"]["specs"]
     )
+
+
+def test_resume_applies_what_may_change_and_refuses_the_rest(data, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(1)]) == 0
+    (out / "checkpoints" / "final.pt").unlink()  # as if fit had stopped after epoch 1
+    for extra, needle in (
+        (["--seed", "5"], "train.seed"),
+        (["--set", "train.lr=0.5"], "train.lr"),
+        (["--preset", "reference"], "--preset"),
+    ):
+        assert main(["fit", "--out", str(out), "--resume", "--quiet", *extra]) == 2
+        assert needle in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "fit",
+                "--out",
+                str(out),
+                "--resume",
+                "--quiet",
+                "--epochs",
+                "2",
+                "--device",
+                "cpu",
+                "--set",
+                "score.topk=0.05",
+            ]
+        )
+        == 0
+    )
+    final = load_checkpoint(out / "checkpoints" / "final.pt")
+    assert final["epoch"] == 2 and final["config"]["train"]["device"] == "cpu"
+    assert final["config"]["score"]["topk"] == 0.05
+
+
+def test_resume_drops_log_records_past_the_checkpoint_and_stale_temporaries(data, tmp_path):
+    out = tmp_path / "k"
+    assert main(["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(1)]) == 0
+    (out / "checkpoints" / "final.pt").unlink()
+    log = out / "train_log.jsonl"
+    first = log.read_text().splitlines()[0]
+    # A kill after the epoch-2 log line but before its checkpoint: the log is one epoch ahead.
+    log.write_text(first + "\n" + first.replace('"epoch": 1', '"epoch": 2') + "\n")
+    stale = out / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert main(["fit", "--out", str(out), "--resume", "--quiet", "--epochs", "2"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("train.epochs", "ten", "an integer"),
+        ("train.lr", "fast", "a number"),
+        ("model.quantize", "maybe", "true or false"),
+        ("model.flow_blocks", "a,b", "list of integers"),
+    ],
+)
+def test_config_type_errors_are_in_words(key, value, words):
+    from vqflow import config
+
+    with pytest.raises(VQFlowError) as err:
+        config.set_key(config.preset("fast"), key, value)
+    assert words in str(err.value) and "<class" not in str(err.value)
+
+
+@pytest.mark.parametrize("seed", ["-5", "1" + "0" * 24])
+def test_out_of_range_seeds_name_the_key(seed, tmp_path):
+    r = _cli("fit", "--data", "demo", "--out", str(tmp_path / "o"), "--seed", seed)
+    assert r.returncode == 2 and "train.seed" in r.stderr and "unexpected" not in r.stderr

@@ -100,16 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
-    from vqflow import config
-
-    options: dict[str, Any] = {
+def _explicit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given as their own options (None where not given)."""
+    return {
         "train.epochs": args.epochs,
         "train.seed": args.seed,
         "train.device": args.device,
         "model.backbone": args.backbone,
         "model.backbone_weights": args.backbone_weights,
     }
+
+
+def resolve_config(args: argparse.Namespace, data: bool = True) -> Any:
+    from vqflow import config
+
+    options = _explicit_options(args)
     if data:
         options["data.specs"] = args.data
         if args.classes is not None:
@@ -128,15 +133,19 @@ def config_file_data(path: str) -> dict:
 def cmd_fit(args: argparse.Namespace) -> int:
     from vqflow.engine.fit import fit
 
-    if args.resume and not args.data:
-        # Resume with the saved config unless the user restates it.
+    if args.resume and not args.data and not args.config:
+        # The saved config, with what the user states now applied over it: fit refuses the
+        # keys that may not change on resume and names them; nothing is silently ignored.
         from vqflow import config
         from vqflow.engine.checkpoint import load_checkpoint
 
         saved = load_checkpoint(Path(args.out) / "checkpoints" / "last.pt")["config"]
-        cfg = config.from_dict(saved)
-        if args.epochs is not None:
-            cfg.train.epochs = args.epochs
+        if args.preset is not None and args.preset != saved.get("preset"):
+            raise VQFlowError(
+                f"--resume: --preset {args.preset} differs from the run's preset {saved.get('preset')}; "
+                "resume without --preset, or train a new run"
+            )
+        cfg = config.apply_options(config.from_dict(saved), args.set, **_explicit_options(args))
     else:
         cfg = resolve_config(args)
         from_file = bool(args.config) and "specs" in (config_file_data(args.config).get("data") or {})

@@ -125,6 +125,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "train.warmup_start": (0.0, 1.0),
     "train.grad_clip": (1e-6, INF),
     "train.cache_memory_gb": (0.0, INF),
+    "train.seed": (0, 2**32 - 1),
     "score.topk": (1e-9, 1.0),
     "score.blur_sigma": (0.0, 256.0),
     "score.threshold_quantile": (0.0, 1.0),
@@ -222,13 +223,26 @@ def _coerce(key: str, value: Any) -> Any:
         elif tp is str:
             value = str(value)
     except (TypeError, ValueError):
-        raise VQFlowError(f"config key '{key}' expects {tp}, got {value!r}") from None
+        raise VQFlowError(f"config key '{key}' expects {_in_words(tp)}, got {value!r}") from None
     if key in RANGES and value is not None and not RANGES[key][0] <= value <= RANGES[key][1]:
         lo, hi = RANGES[key]
         raise VQFlowError(f"config key '{key}' must be between {lo} and {hi}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise VQFlowError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
     return value
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text value"}
+
+
+def _in_words(tp: Any) -> str:
+    """'an integer', 'a comma-separated list of numbers'... for a declared type."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return "a comma-separated list of " + _WORDS.get(item, str(item)).split(" ", 1)[1].replace(
+            "integer", "integers"
+        ).replace("number", "numbers")
+    return _WORDS.get(tp, str(tp))
 
 
 def set_key(cfg: Config, key: str, value: Any, where: str = "") -> None:
@@ -300,6 +314,11 @@ def resolve(
     if preset_name is not None:
         file_data = {**file_data, "preset": preset_name}
     cfg = from_dict(file_data, f" in {config_file}" if config_file else "")
+    return apply_options(cfg, overrides, **options)
+
+
+def apply_options(cfg: Config, overrides: list[str] | None = None, **options: Any) -> Config:
+    """Explicit options (dotted keys; None = not given), then `--set key=value` overrides."""
     for key, value in options.items():
         if value is not None:
             set_key(cfg, key, value)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from vqflow.atomic import atomic_write_text
 from vqflow.config import Config, save_yaml
 from vqflow.data import ImageDataset, load_data
 from vqflow.data.sample import Record
@@ -250,6 +251,10 @@ def _train(
         }
 
     log_path = out / "train_log.jsonl"
+    if ctx.is_main:
+        remove_stale_temporaries(ckpt_dir)
+        if payload is not None:
+            truncate_log(log_path, start_epoch)
     epochs = cfg.train.epochs
     with stop_on_signals() as flag:
         for epoch in range(start_epoch, epochs):
@@ -325,6 +330,23 @@ def _train(
         ).to_dict()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
+
+
+def truncate_log(log_path: Path, epochs: int) -> None:
+    """Keep the log's records of the first `epochs` epochs: a kill between a log write and
+    the checkpoint write must not leave an epoch logged twice after --resume."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epochs]
+    if len(kept) != len(lines):
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+
+def remove_stale_temporaries(ckpt_dir: Path) -> None:
+    """Delete checkpoint temporaries a killed process left behind (.last.pt.*.tmp...)."""
+    for tmp in ckpt_dir.glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _epoch_line(record: dict) -> str:
