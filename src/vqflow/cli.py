@@ -27,16 +27,16 @@ def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
             metavar="SPEC",
             help="mvtec:PATH, visa:PATH, folder:PATH, cifar10:PATH, fmnist[:PATH] or demo; repeatable",
         )
-        g.add_argument("--classes", help="all, or NAME,NAME,... of a class-structured dataset")
+        g.add_argument("--classes", help="all (default), or NAME,NAME,... of a class-structured dataset")
         g.add_argument("--normal", help="normal class ids of cifar10/fmnist, e.g. 0,1,2,3,4")
     g.add_argument("--preset", choices=["fast", "reference"], help="model size preset (default fast)")
     g.add_argument("--config", metavar="YAML", help="a config file; options given here override it")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     g.add_argument("--backbone", help="efficientnet_lite0 (default), efficientnet_lite2, or a timm model name")
     g.add_argument("--backbone-weights", metavar="FILE", help="a local state dict for the backbone (offline use)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--epochs", type=int, help="training epochs (default: the preset's, fast 40, reference 60; demo 30)")
+    g.add_argument("--seed", type=int, help="random seed, 0 to 4294967295 (default 9826, the authors')")
+    g.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,19 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vqflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("fit", help="train one model on the normal images of all classes")
+    p = sub.add_parser(
+        "fit",
+        help="train one model on the normal images of all classes",
+        epilog="examples:\n  vqflow fit --data mvtec:/data/mvtec_ad --classes all --out runs/mvtec\n  vqflow fit --data fmnist --normal 0,1,2,3,4 --epochs 20 --out runs/fmnist",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _common(p)
 
-    p = sub.add_parser("test", help="evaluate a run per class: metrics.json/.csv, scores.csv, report.html")
+    p = sub.add_parser(
+        "test",
+        help="evaluate a run per class: metrics.json/.csv, scores.csv, report.html",
+        epilog="examples:\n  vqflow test --run runs/mvtec\n  vqflow test --run runs/mvtec --no-report --quiet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     _common(p)
 
-    p = sub.add_parser("predict", help="score new images: scores.csv, heatmaps, verdicts")
+    p = sub.add_parser(
+        "predict",
+        help="score new images: scores.csv, heatmaps, verdicts",
+        epilog="examples:\n  vqflow predict --run runs/mvtec photos/ --out preds/\n  vqflow predict --onnx runs/mvtec/export/model.onnx photos/ --out preds/ --save-maps",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", help="run folder written by 'vqflow fit'")
     p.add_argument(
         "--onnx",
@@ -77,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each raw float map as maps/NAME.npy (at the input's own resolution)",
     )
     p.add_argument("--no-heatmaps", action="store_true", help="write scores.csv only (fastest)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     _common(p)
 
-    p = sub.add_parser("export", help="write the run's detector as one ONNX graph plus a JSON sidecar")
+    p = sub.add_parser(
+        "export",
+        help="write the run's detector as one ONNX graph plus a JSON sidecar",
+        epilog="examples:\n  vqflow export --run runs/mvtec\n  vqflow export --run runs/mvtec --out model.onnx --check photos/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     p.add_argument("--out", help="output file (default RUN/export/model.onnx; the sidecar goes beside it as .json)")
@@ -93,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
-    p = sub.add_parser("demo", help="the embedded default: fast preset on the demo set, then test and report")
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default: fast preset on the demo set, then test and report",
+        epilog="examples:\n  vqflow demo\n  vqflow demo --out runs/demo40 --epochs 40",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     _config_options(p, data=False)
     _common(p)
@@ -251,7 +276,22 @@ DEMO_EPOCHS = 30
 COMMANDS = {"fit": cmd_fit, "test": cmd_test, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo}
 
 
+def _unknown_command(argv: list[str]) -> str | None:
+    """'unknown command ...; did you mean ...?' for a first argument that is no command."""
+    if not argv or argv[0].startswith("-") or argv[0] in COMMANDS:
+        return None
+    import difflib
+
+    near = difflib.get_close_matches(argv[0], list(COMMANDS), n=1, cutoff=0.5)
+    hint = f"did you mean 'vqflow {near[0]}'?" if near else f"the commands are {', '.join(COMMANDS)}"
+    return f"unknown command '{argv[0]}'; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    problem = _unknown_command(sys.argv[1:] if argv is None else argv)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
