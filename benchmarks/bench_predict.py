@@ -577,8 +577,8 @@ def stage_costs(folders: dict[str, Path], torch_model: Any, tmp: Path, n: int = 
     out: dict[str, dict] = {}
     for images, folder in folders.items():
         files = sorted(folder.iterdir())[:n]
-        load_ms = [1000 * timed(partial(_load, f, torch_model.input_size)) for f in files]
-        loaded = [_load(f, torch_model.input_size) for f in files[:4]]
+        load_ms = [1000 * timed(partial(_load, f, torch_model)) for f in files]
+        loaded = [_load(f, torch_model) for f in files[:4]]
         _, maps, _ = torch_model.run_batch(np.stack([x for _, _, x in loaded]))
         (w, h), rgb, _ = loaded[0]
         amap = resize_map(maps[0], w, h)
@@ -816,7 +816,14 @@ def main(argv: list[str] | None = None) -> None:
             worker.close()
 
         models = {"torch": torch_model(run, "cpu"), "onnx_nospin": onnx_model(onnx_path)}  # as vqflow runs them
-        models["onnx"] = Model(inf.run, inf.input_size, inf.calibration, models["onnx_nospin"].batch_size)
+        models["onnx"] = Model(
+            inf.run,
+            inf.input_size,
+            inf.calibration,
+            models["onnx_nospin"].batch_size,
+            mean=inf.sidecar.mean,
+            std=inf.sidecar.std,
+        )
         default_batch = models["torch"].batch_size
         print(f"predict pipeline ({args.images} images per folder):", flush=True)
         cases = predict_cases(default_batch)

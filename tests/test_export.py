@@ -47,7 +47,8 @@ def test_sidecar_carries_what_a_runtime_needs(tiny_run, exported):
     assert side["input"]["size_hw"] == [64, 64] and side["input"]["mean"] == [0.485, 0.456, 0.406]
     assert Calibration.from_dict(side["calibration"]) == cal
     assert side["calibration"]["threshold"] == cal.threshold and len(side["calibration"]["map_range"]) == 2
-    assert set(side["concept_classes"].values()) <= {"stripes", "waves"} and side["concept_classes"]
+    classes = side["calibration"]["concept_classes"]
+    assert set(classes.values()) <= {"stripes", "waves"} and classes
 
 
 @pytest.mark.parametrize("batch", [1, 5])

@@ -65,6 +65,12 @@ class Calibration:
         """The concept's own threshold where fit had enough held-out normals of it, else the global one."""
         return float(self.concept_thresholds.get(int(concept), self.threshold))
 
+    def verdict(self, score: float, concept: int, threshold: float | None = None) -> tuple[float, str]:
+        """(threshold used, "anomalous" or "normal") for one image; `threshold` overrides the
+        calibrated ones."""
+        thr = self.threshold_for(concept) if threshold is None else float(threshold)
+        return thr, "anomalous" if score > thr else "normal"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON- and torch.load(weights_only)-safe form (string keys, lists, floats)."""
         d = asdict(self)
@@ -91,13 +97,14 @@ class Calibration:
                     "stats": d.get("stats"),
                 }
             stats = d.get("stats")
+            lo, hi = d.get("map_range", (0.0, 1.0))
             return cls(
                 threshold=float(d["threshold"]),
                 concept_thresholds={int(k): float(v) for k, v in d.get("concept_thresholds", {}).items()},
                 quantile=float(d.get("quantile", 0.99)),
                 source=str(d.get("source", "validation")),
                 n_images=int(d.get("n_images", 0)),
-                map_range=(float(d.get("map_range", (0.0, 1.0))[0]), float(d.get("map_range", (0.0, 1.0))[1])),
+                map_range=(float(lo), float(hi)),
                 stats=ScoreStats(**stats) if stats else None,
                 concept_classes={int(k): str(v) for k, v in d.get("concept_classes", {}).items()},
             )

@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from vqflow import __version__
-from vqflow.errors import VQFlowError
+from vqflow.errors import VQFlowError, first_line
 
 
 def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -44,38 +44,47 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _command(sub: argparse._SubParsersAction, name: str, summary: str, *examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its usage examples."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(name, help=summary, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vqflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "fit",
-        help="train one model on the normal images of all classes",
-        epilog="examples:\n  vqflow fit --data mvtec:/data/mvtec_ad --classes all --out runs/mvtec\n  vqflow fit --data fmnist --normal 0,1,2,3,4 --epochs 20 --out runs/fmnist",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train one model on the normal images of all classes",
+        "vqflow fit --data mvtec:/data/mvtec_ad --classes all --out runs/mvtec",
+        "vqflow fit --data fmnist --normal 0,1,2,3,4 --epochs 20 --out runs/fmnist",
     )
     _config_options(p)
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _common(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "test",
-        help="evaluate a run per class: metrics.json/.csv, scores.csv, report.html",
-        epilog="examples:\n  vqflow test --run runs/mvtec\n  vqflow test --run runs/mvtec --no-report --quiet",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "evaluate a run per class: metrics.json/.csv, scores.csv, report.html",
+        "vqflow test --run runs/mvtec",
+        "vqflow test --run runs/mvtec --no-report --quiet",
     )
     p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     _common(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "predict",
-        help="score new images: scores.csv, heatmaps, verdicts",
-        epilog="examples:\n  vqflow predict --run runs/mvtec photos/ --out preds/\n  vqflow predict --onnx runs/mvtec/export/model.onnx photos/ --out preds/ --save-maps",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "score new images: scores.csv, heatmaps, verdicts",
+        "vqflow predict --run runs/mvtec photos/ --out preds/",
+        "vqflow predict --onnx runs/mvtec/export/model.onnx photos/ --out preds/ --save-maps",
     )
     p.add_argument("--run", help="run folder written by 'vqflow fit'")
     p.add_argument(
@@ -95,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     _common(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
-        help="write the run's detector as one ONNX graph plus a JSON sidecar",
-        epilog="examples:\n  vqflow export --run runs/mvtec\n  vqflow export --run runs/mvtec --out model.onnx --check photos/",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "write the run's detector as one ONNX graph plus a JSON sidecar",
+        "vqflow export --run runs/mvtec",
+        "vqflow export --run runs/mvtec --out model.onnx --check photos/",
     )
     p.add_argument("--run", required=True, help="run folder written by 'vqflow fit'")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
@@ -113,11 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "demo",
-        help="the embedded default: fast preset on the demo set, then test and report",
-        epilog="examples:\n  vqflow demo\n  vqflow demo --out runs/demo40 --epochs 40",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the embedded default: fast preset on the demo set, then test and report",
+        "vqflow demo",
+        "vqflow demo --out runs/demo40 --epochs 40",
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     _config_options(p, data=False)
@@ -222,18 +233,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from vqflow.engine.build import load_run
     from vqflow.export.onnx import export_onnx
 
-    path, side = export_onnx(args.run, args.out)
+    run = load_run(args.run, "cpu")  # loaded once: exported, then checked against
+    path, side = export_onnx(run, args.out)
     print(f"exported {path} and {side}")
     if args.check is not None:
         import numpy as np
 
         from vqflow.export.onnx import check_parity
-        from vqflow.export.sidecar import Sidecar
         from vqflow.imageio import model_input, read_rgb
 
-        size = Sidecar.read(side).input_size
+        size = (run.cfg.data.image_size, run.cfg.data.image_size)
         if args.check:
             from vqflow.engine.predict import collect_images
 
@@ -241,7 +253,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             images = np.stack([model_input(read_rgb(f), size) for f in files])
         else:
             images = np.random.default_rng(0).standard_normal((4, 3, *size)).astype(np.float32)
-        parity = check_parity(args.run, path, images)
+        parity = check_parity(run.detector, path, images)
         print(
             f"parity on {parity.images} image(s): max |onnx - torch| / range: score {parity.score:.2e}, "
             f"map {parity.anomaly_map:.2e}; concepts differing: {parity.concept_mismatches}"
@@ -311,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + e.signum
         if args.debug or os.environ.get("VQFLOW_DEBUG"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
         print(
-            f"error: unexpected {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr
+            f"error: unexpected {type(e).__name__}: {first_line(e, 300)} (run again with --debug for the traceback)",
+            file=sys.stderr,
         )
         return 1
 

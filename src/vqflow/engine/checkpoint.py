@@ -13,7 +13,7 @@ import torch
 
 from vqflow import __version__
 from vqflow.atomic import atomic_path
-from vqflow.errors import VQFlowError
+from vqflow.errors import VQFlowError, first_line
 
 FORMAT = "vqflow-checkpoint-v1"
 
@@ -81,9 +81,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path} is not a vqflow checkpoint: it holds Python objects that vqflow refuses to load "
                 "(only tensors and plain data are read); use a checkpoint written by 'vqflow fit'"
             ) from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise VQFlowError(
-            f"checkpoint {path} is corrupt or not a vqflow checkpoint ({first}); use another checkpoint or train again"
+            f"checkpoint {path} is corrupt or not a vqflow checkpoint ({first_line(e)}); "
+            "use another checkpoint or train again"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VQFlowError(f"{path} is not a vqflow checkpoint (format {FORMAT} expected)")

@@ -22,7 +22,7 @@ from vqflow.atomic import atomic_path, atomic_write_text
 from vqflow.calibration import Calibration
 from vqflow.engine.progress import progress, warn
 from vqflow.errors import VQFlowError
-from vqflow.imageio import model_input, read_rgb, resize_map
+from vqflow.imageio import IMAGENET_MEAN, IMAGENET_STD, model_input, read_rgb, resize_map
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 COLUMNS = [
@@ -52,6 +52,8 @@ class Model:
     calibration: Calibration
     batch_size: int
     folder: Path | None = None  # the run folder, when there is one
+    mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation (an export's sidecar states its own)
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -88,26 +90,26 @@ def output_names(files: list[tuple[Path, Path]]) -> list[str]:
     return out
 
 
-def _load(path: Path, size: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+def _load(path: Path, model: Model) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """(width, height), the RGB pixels and the model input of one file."""
     img = read_rgb(path)
-    return img.size, np.asarray(img), model_input(img, size)
+    return img.size, np.asarray(img), model_input(img, model.input_size, model.mean, model.std)
 
 
-def _read_ahead(paths: list[Path], size: tuple[int, int], pool: ThreadPoolExecutor, depth: int) -> Iterator:
+def _read_ahead(paths: list[Path], model: Model, pool: ThreadPoolExecutor, depth: int) -> Iterator:
     """Loaded images in order, read `depth` files ahead in `pool`; a failure comes back as
     the VQFlowError in place of the image."""
     pending: deque[Future] = deque()
     it = iter(paths)
     for p in it:
-        pending.append(pool.submit(_load, p, size))
+        pending.append(pool.submit(_load, p, model))
         if len(pending) >= depth:
             break
     while pending:
         fut = pending.popleft()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(pool.submit(_load, nxt, size))
+            pending.append(pool.submit(_load, nxt, model))
         try:
             yield fut.result()
         except VQFlowError as e:
@@ -167,10 +169,10 @@ def run_predict(
         def flush() -> None:
             scores, maps, concepts = model.run_batch(np.stack([b[1] for b in batch]))
             for (i, _, rgb, (w, h)), score, amap, concept in zip(batch, scores, maps, concepts):
-                thr = cal.threshold_for(int(concept)) if threshold is None else float(threshold)
+                thr, verdict = cal.verdict(float(score), int(concept), threshold)
                 rows[i].update(
                     score=f"{float(score):.8g}",
-                    verdict="anomalous" if score > thr else "normal",
+                    verdict=verdict,
                     threshold=f"{thr:.8g}",
                     concept=int(concept),
                     concept_class=cal.concept_classes.get(int(concept), ""),
@@ -191,7 +193,7 @@ def run_predict(
             bar.update(len(batch))
             batch.clear()
 
-        for i, loaded in enumerate(_read_ahead(paths, model.input_size, reader, 2 * model.batch_size)):
+        for i, loaded in enumerate(_read_ahead(paths, model, reader, 2 * model.batch_size)):
             if isinstance(loaded, VQFlowError):
                 rows[i]["error"] = str(loaded)
                 warn(str(loaded))
@@ -241,7 +243,7 @@ def onnx_model(path: str | Path, batch_size: int = 4) -> Model:
     from vqflow.export.inferencer import OnnxInferencer
 
     inf = OnnxInferencer(path, spin=False)  # the reader and writer threads share the cores
-    return Model(inf.run, inf.input_size, inf.calibration, batch_size)
+    return Model(inf.run, inf.input_size, inf.calibration, batch_size, mean=inf.sidecar.mean, std=inf.sidecar.std)
 
 
 def predict(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vqflow.calibration import Calibration
-from vqflow.errors import VQFlowError
+from vqflow.errors import VQFlowError, first_line
 from vqflow.export.sidecar import INPUT_NAME, Sidecar, sidecar_path
 from vqflow.imageio import model_input, read_rgb, resize_map
 
@@ -65,8 +65,7 @@ class OnnxInferencer:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise VQFlowError(f"cannot load ONNX file {path} ({first}); export the run again") from None
+            raise VQFlowError(f"cannot load ONNX file {path} ({first_line(e)}); export the run again") from None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -104,9 +103,8 @@ class OnnxInferencer:
                 continue
             scores, maps, concepts = self.run(np.stack([x for _, x, _ in part]))
             for (i, _, (w, h)), score, amap, concept in zip(part, scores, maps, concepts):
-                thr = self.calibration.threshold_for(int(concept)) if threshold is None else float(threshold)
                 r = results[i]
-                r.score, r.threshold, r.concept = float(score), thr, int(concept)
-                r.verdict = "anomalous" if score > thr else "normal"
+                r.score, r.concept = float(score), int(concept)
+                r.threshold, r.verdict = self.calibration.verdict(r.score, r.concept, threshold)
                 r.anomaly_map = resize_map(amap, w, h)
         return results

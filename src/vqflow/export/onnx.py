@@ -47,16 +47,17 @@ class Parity:
         return self.score <= tol and self.anomaly_map <= tol and self.concept_mismatches == 0
 
 
-def export_onnx(run: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+def export_onnx(run: str | Path | TrainedRun, out: str | Path | None = None) -> tuple[Path, Path]:
     """Write the run's detector to `out` (default RUN/export/model.onnx) and its sidecar
-    beside it (model.json); both atomically. Returns their paths."""
+    beside it (model.json); both atomically. Returns their paths. `run`: a run folder, or
+    one already loaded (on the CPU)."""
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise VQFlowError(
             "ONNX export needs the onnx package: pip install onnx onnxruntime (or pip install 'vqflow[onnx]')"
         ) from None
-    tr = load_run(run, "cpu")
+    tr = run if isinstance(run, TrainedRun) else load_run(run, "cpu")
     path = Path(out) if out is not None else tr.folder / "export" / "model.onnx"
     if path.suffix != ".onnx":
         raise VQFlowError(f"--out {path} must end in .onnx (the sidecar goes beside it as .json)")
@@ -105,18 +106,16 @@ def _sidecar(tr: TrainedRun) -> Sidecar:
     )
 
 
-def check_parity(run: str | Path, onnx_path: str | Path, images: np.ndarray) -> Parity:
-    """Run the torch Detector and ONNX Runtime on the same model inputs (B, 3, H, W)."""
+def check_parity(det: Detector, onnx_path: str | Path, images: np.ndarray) -> Parity:
+    """Run the torch Detector (on the CPU) and ONNX Runtime on the same model inputs (B, 3, H, W)."""
     from vqflow.export.inferencer import OnnxInferencer
 
-    tr = load_run(run, "cpu")
     with torch.no_grad():
-        pred = tr.detector(torch.from_numpy(images))
+        pred = det(torch.from_numpy(images))
     s_ref, m_ref, c_ref = pred.score.double().numpy(), pred.anomaly_map.double().numpy(), pred.concept.numpy()
     s, m, c = OnnxInferencer(onnx_path).run(images)
 
     def rel(a: np.ndarray, b: np.ndarray) -> float:
-        span = float(b.max() - b.min()) if b.size else 0.0
-        return float(np.abs(a - b).max() / max(span, 1e-12)) if b.size else 0.0
+        return float(np.abs(a - b).max() / max(float(np.ptp(b)), 1e-12)) if b.size else 0.0
 
     return Parity(rel(s, s_ref), rel(m.astype(np.float64), m_ref), int((c != c_ref).sum()), int(len(images)))

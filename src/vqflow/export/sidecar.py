@@ -47,8 +47,7 @@ class Sidecar:
                     "anomaly_map": "(B, H, W) pixel anomaly map at the input size",
                     "concept": "(B,) learned concept (CPC code)",
                 },
-                "calibration": self.calibration.to_dict(),
-                "concept_classes": {str(k): v for k, v in self.calibration.concept_classes.items()},
+                "calibration": self.calibration.to_dict(),  # concept_classes: concept -> majority class
                 "run": self.run,
             },
             indent=2,

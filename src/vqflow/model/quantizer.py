@@ -57,6 +57,11 @@ def nearest_codes(
     return torch.cat(indices), torch.cat(dists)
 
 
+def _tracing() -> bool:
+    """True while torch.jit / torch.onnx trace the module (export)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def nearest_index(x: torch.Tensor, codes: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Index of the nearest allowed code for every row of x (N, D): argmin of |c|^2 - 2 x.c
     (|x|^2 does not change the argmin), one fused matmul per row chunk; disallowed codes get
@@ -64,7 +69,7 @@ def nearest_index(x: torch.Tensor, codes: torch.Tensor, allowed: torch.Tensor | 
     norms = codes.pow(2).sum(1)
     if allowed is not None:
         norms = norms.masked_fill(~allowed, float("inf"))
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one graph for any batch size
+    if _tracing():  # one graph for any batch size
         return torch.addmm(norms[None], x, codes.t(), alpha=-2).argmin(1)
     chunk = max(1, CHUNK_ELEMENTS // max(1, codes.shape[0]))
     parts = [torch.addmm(norms[None], part, codes.t(), alpha=-2).argmin(1) for part in x.split(chunk)]
@@ -118,11 +123,6 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int) -> tuple[torch.Ten
         centers = torch.where(filled, sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype), centers)
     counts = torch.bincount(nearest_codes(x, centers)[0], minlength=k)
     return centers, counts
-
-
-def _tracing() -> bool:
-    """True while torch.jit / torch.onnx trace the module (export)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _distributed() -> bool:
