@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -76,6 +77,40 @@ def visa_original_tree(root: Path, classes: list[str], n_train: int = 3, n_good:
     return root
 
 
+class Py2Pickler(pickle._Pickler):
+    """Protocol-2 pickler writing str and bytes as Python 2 byte strings, as the official CIFAR batches hold them."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_string(self, obj: str | bytes) -> None:
+        """SHORT_BINSTRING / BINSTRING: what Python 2's cPickle wrote for a str."""
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_string
+    dispatch[bytes] = save_py2_string
+
+
+def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], numpy1_names: bool = True) -> None:
+    """Write one batch the way the official cifar-10-batches-py files are: a Python 2 protocol-2 pickle of a dict."""
+    batch = {
+        b"batch_label": f"batch {path.name}".encode(),
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(labels))],
+    }
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(batch)
+    raw = buf.getvalue()
+    if numpy1_names:  # the official files were written by numpy 1, whose array rebuilder lived in numpy.core
+        raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    path.write_bytes(raw)
+
+
 def cifar_tree(
     root: Path, per_batch: int = 20, n_test: int = 30
 ) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -86,8 +121,7 @@ def cifar_tree(
     for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(x) for x in rng.integers(0, 10, n)]
-        with open(root / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f)
+        write_cifar_batch(root / name, data, labels)
         content[name] = (data, np.array(labels))
     return root, content
 

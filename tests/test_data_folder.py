@@ -27,6 +27,17 @@ def test_mvtec_layout_folder_and_single_class(tmp_path):
     assert one.classes == ["widget"] and one.has_masks
 
 
+def test_single_class_folder_good_in_any_case_or_named(tmp_path):
+    root = mvtec_tree(tmp_path / "data", {"widget": {"good": 1, "bad": 1}})
+    (root / "widget" / "train" / "good").rename(root / "widget" / "train" / "Good")
+    (root / "widget" / "test" / "good").rename(root / "widget" / "test" / "Good")
+    one = folder.load(str(root / "widget"), None, None)
+    assert one.classes == ["widget"] and len(one.train) == 3 and [r.label for r in one.test] == [0, 1]
+    (root / "widget" / "train" / "Good").rename(root / "widget" / "train" / "normal")
+    with pytest.raises(VQFlowError, match=r"widget/train has no good/ folder \(it holds normal/\)"):
+        folder.load(str(root / "widget"), None, None)
+
+
 def test_yaml_with_ratio_split_is_seeded_and_disjoint(tmp_path):
     _yaml_tree(tmp_path)
     spec = tmp_path / "part.yaml"

@@ -59,6 +59,39 @@ def test_mvtec_errors_name_paths(tmp_path):
         mvtec.load(str(root), None, None)
 
 
+def test_mvtec_good_folders_match_any_case(tmp_path):
+    root = mvtec_tree(tmp_path / "mv", {"a": {"good": 2, "crack": 1}, "b": {"good": 2, "dent": 1}})
+    (root / "a" / "train" / "good").rename(root / "a" / "train" / "Good")
+    (root / "b" / "test" / "good").rename(root / "b" / "test" / "GOOD")
+    s = mvtec.load(str(root), None, None)
+    assert s.classes == ["a", "b"] and len(s.train) == 6
+    assert [r.label for r in s.test if r.cls == "b"] == [0, 0, 1]  # test/GOOD holds normals (no mask needed)
+    assert all("/test/GOOD/" in r.path for r in s.test if r.cls == "b" and r.label == 0)
+    assert visa.load(str(root), ["a"], None).classes == ["a"]  # the VisA conversion reads the same layout
+
+
+def test_mvtec_good_and_Good_side_by_side_is_refused(tmp_path):
+    root = mvtec_tree(tmp_path / "mv", {"a": {"good": 1, "crack": 1}})
+    write_rgb(root / "a" / "test" / "Good" / "900.png", 9)
+    if len(list((root / "a" / "test").iterdir())) < 3:
+        pytest.skip("case-insensitive filesystem: Good is good")
+    with pytest.raises(VQFlowError, match=r"a/test holds both Good/ and good/; merge them"):
+        mvtec.load(str(root), None, None)
+
+
+def test_mvtec_train_without_good_folder_is_named(tmp_path):
+    root = mvtec_tree(tmp_path / "mv", {"a": {"good": 1, "crack": 1}, "b": {"good": 1, "dent": 1}})
+    (root / "b" / "train" / "good").rename(root / "b" / "train" / "normal")
+    expected = (
+        rf"{root / 'b' / 'train'} has no good/ folder \(it holds normal/\); put .* in {root / 'b' / 'train' / 'good'}"
+    )
+    with pytest.raises(VQFlowError, match=expected):
+        mvtec.load(str(root), None, None)
+    with pytest.raises(VQFlowError, match=expected):
+        mvtec.load(str(root), ["b"], None)
+    assert mvtec.load(str(root), ["a"], None).classes == ["a"]  # a broken class left out does not matter
+
+
 def test_mvtec_missing_mask_fails_at_load(tmp_path):
     root = mvtec_tree(tmp_path / "mv", {"bottle": {"good": 1, "crack": 2}})
     (root / "bottle" / "ground_truth" / "crack" / "001_mask.png").unlink()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from data_trees import fmnist_tree, mvtec_tree, visa_original_tree
+from tiny_run import tiny_args
+from vqflow.cli import main
 from vqflow.data import load_data, parse_spec
 from vqflow.errors import VQFlowError
 
@@ -51,3 +55,35 @@ def test_single_spec_errors_name_paths(tmp_path):
     assert load_data([f"mvtec:{mv}"], classes=["all"]).classes == ["bottle"]
     with pytest.raises(VQFlowError, match="no data"):
         load_data([])
+
+
+def test_union_of_roots_sharing_a_class_name_names_the_clash(tmp_path):
+    a = mvtec_tree(tmp_path / "a", {"bottle": {"good": 1, "bad": 1}})
+    b = mvtec_tree(tmp_path / "b", {"bottle": {"good": 1, "bad": 1}, "cable": {"good": 1, "bad": 1}})
+    clash = re.escape(f"class 'bottle' is in both --data mvtec:{a} and --data mvtec:{b}") + ".*rename.*--classes"
+    with pytest.raises(VQFlowError, match=clash):
+        load_data([f"mvtec:{a}", f"mvtec:{b}"])
+    with pytest.raises(VQFlowError, match=clash):
+        load_data([f"mvtec:{a}", f"mvtec:{b}"], classes=["bottle"])
+    assert load_data([f"mvtec:{a}", f"mvtec:{b}"], classes=["cable"]).classes == ["cable"]  # the clash is left out
+    assert load_data([f"mvtec:{a}", f"folder:{b}"]).classes == ["cable", "folder/bottle", "mvtec/bottle"]
+    with pytest.raises(VQFlowError, match=re.escape(f"--data mvtec:{a} is given twice; give it once")):
+        load_data([f"mvtec:{a}", f"mvtec:{a}/"])
+
+
+@pytest.mark.parametrize("classes", [[], [""], [" ", ""], ","])
+def test_empty_class_list_is_refused_up_front(tmp_path, classes):
+    mv = mvtec_tree(tmp_path / "mv", {"bottle": {"good": 1, "bad": 1}})
+    with pytest.raises(VQFlowError, match=r"^--classes \(data.classes\) names no class; give NAME,NAME,\.\.\. or all"):
+        load_data([f"mvtec:{mv}"], classes=classes)
+    with pytest.raises(VQFlowError, match=r"^--classes"):
+        load_data([f"mvtec:{mv}", f"fmnist:{tmp_path / 'no_fmnist_needed'}"], classes=classes)
+
+
+@pytest.mark.parametrize("value", [",", " , "])
+def test_cli_empty_classes_names_the_option(tmp_path, capsys, value):
+    mv = mvtec_tree(tmp_path / "mv", {"bottle": {"good": 2, "bad": 1}})
+    code = main(["fit", "--data", f"mvtec:{mv}", "--classes", value, "--out", str(tmp_path / "run"), *tiny_args(1)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --classes") and "\n" not in err
+    assert not (tmp_path / "run").exists()

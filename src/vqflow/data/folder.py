@@ -44,7 +44,7 @@ def load(root: str | None, classes: list[str] | None, normal: list[int] | None =
     if not path.exists():
         raise VQFlowError(f"data path {path} does not exist; check the --data folder:PATH")
     if path.is_dir():
-        if (path / "train" / mvtec.GOOD).is_dir():
+        if (path / "train").is_dir():  # one class folder (load_class names a train/ without good/)
             return _single_class_folder(path, classes)
         return mvtec.load_tree(str(path), classes, fmt="folder")
     suffix = path.suffix.lower()

@@ -3,6 +3,9 @@
 Masks are looked up as ground_truth/<defect>/<stem>_mask.png (MVTec AD) or <stem>.png
 (the VisA conversion). A class with a ground_truth folder must have a mask for every
 anomalous test image; classes without one have no pixel ground truth.
+The normal folders (train/good, test/good) match in any letter case (Good, GOOD), so a tree
+reads the same on case-sensitive and case-insensitive filesystems; a folder with train/ but
+no good folder in it is an error, not silently skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ def load(root: str | None, classes: list[str] | None, normal: list[int] | None =
 def load_tree(root: str | None, classes: list[str] | None, fmt: str) -> Splits:
     """Load any MVTec-layout tree (also used by the VisA conversion, folders and the demo)."""
     base = require_dir(root, fmt)
-    available = [p.name for p in sorted(base.iterdir()) if (p / "train" / GOOD).is_dir()]
+    available, untrained = _scan_classes(base)
+    _check_untrained(untrained, classes)
     chosen = check_requested_classes(classes, available, f"{base} (expected <class>/train/good folders)")
     train: list[Record] = []
     test: list[Record] = []
@@ -40,9 +44,60 @@ def load_tree(root: str | None, classes: list[str] | None, fmt: str) -> Splits:
     return Splits(train, test, bool(mask_classes), frozenset(mask_classes))
 
 
+def is_good(name: str) -> bool:
+    """Whether a folder name means normal images: 'good' in any letter case."""
+    return name.lower() == GOOD
+
+
+def _good_dirs(parent: Path) -> list[Path]:
+    """Subfolders of `parent` named good in any letter case (more than one only on case-sensitive filesystems)."""
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if p.is_dir() and is_good(p.name))
+
+
+def good_dir(parent: Path) -> Path | None:
+    """The one good folder in `parent` (any letter case), None if absent; two (good and Good) are an error."""
+    found = _good_dirs(parent)
+    if len(found) > 1:
+        names = " and ".join(f"{p.name}/" for p in found)
+        raise VQFlowError(f"{parent} holds both {names}; merge them into one {GOOD}/ folder")
+    return found[0] if found else None
+
+
+def _scan_classes(base: Path) -> tuple[list[str], list[Path]]:
+    """Names of the class folders (with train/good), and the folders whose train/ has no good folder."""
+    available: list[str] = []
+    untrained: list[Path] = []
+    for p in sorted(base.iterdir()):
+        if (p / "train").is_dir():
+            if _good_dirs(p / "train"):
+                available.append(p.name)
+            else:
+                untrained.append(p)
+    return available, untrained
+
+
+def _check_untrained(untrained: list[Path], classes: list[str] | None) -> None:
+    """A wanted class folder with train/ but no train/good would be dropped without a word: say so instead."""
+    if classes is not None and list(classes) != ["all"]:
+        untrained = [p for p in untrained if p.name in classes]
+    if untrained:
+        raise _no_good_error(untrained[0] / "train")
+
+
+def _no_good_error(train: Path) -> VQFlowError:
+    """The error for a class's train/ folder that lacks good/, naming what it holds instead."""
+    subdirs = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
+    found = f"it holds {', '.join(f'{n}/' for n in subdirs)}" if subdirs else "it has no subfolders"
+    return VQFlowError(f"{train} has no {GOOD}/ folder ({found}); put the normal training images in {train / GOOD}")
+
+
 def load_class(folder: Path, cls: str) -> tuple[list[Record], list[Record], bool]:
     """Records of one class folder, and whether it has pixel ground truth."""
-    train_dir = folder / "train" / GOOD
+    train_dir = good_dir(folder / "train")
+    if train_dir is None:
+        raise _no_good_error(folder / "train")
     train_files = image_files(train_dir)
     if not train_files:
         raise VQFlowError(f"class {cls} has no training images in {train_dir}; add normal images there")
@@ -51,9 +106,10 @@ def load_class(folder: Path, cls: str) -> tuple[list[Record], list[Record], bool
     gt_dir = folder / "ground_truth"
     has_masks = gt_dir.is_dir()
     test: list[Record] = []
+    good_dir(test_dir)  # test/good and test/Good side by side: ambiguous, refuse
     defects = sorted(p for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []
     for defect_dir in defects:
-        label = 0 if defect_dir.name == GOOD else 1
+        label = 0 if is_good(defect_dir.name) else 1
         for p in image_files(defect_dir):
             mask = None
             if label == 1 and has_masks:
