@@ -200,9 +200,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from vqflow.engine.evaluate import evaluate
+    from vqflow.engine.evaluate import EvaluationInterrupted, evaluate
 
-    metrics = evaluate(args.run, device=args.device, quiet=args.quiet, report=not args.no_report)
+    try:
+        metrics = evaluate(args.run, device=args.device, quiet=args.quiet, report=not args.no_report)
+    except EvaluationInterrupted as e:  # "interrupted; <which outputs the run folder holds>"
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
     _print_metrics(metrics)
     return 0
 
@@ -299,6 +303,65 @@ def _unknown_command(argv: list[str]) -> str | None:
     return f"unknown command '{argv[0]}'; {hint}"
 
 
+# What each command writes at --out: a folder, or (export) a file.
+_OUT_KINDS = {"fit": "folder", "predict": "folder", "demo": "folder", "export": "file"}
+_VIRTUAL_FS = (Path("/proc"), Path("/sys"))
+
+
+def check_out(command: str, out: str | None) -> None:
+    """Refuse an --out that cannot be written before any work is done: an existing file (or,
+    for export, folder), a path below a file, a virtual file system, or an unwritable folder."""
+    kind = _OUT_KINDS.get(command)
+    if out is None or kind is None:
+        return
+    path = Path(out)
+    where = f"--out {out}"
+    resolved = Path(os.path.realpath(path))
+    for fs in _VIRTUAL_FS:
+        if resolved == fs or fs in resolved.parents:
+            raise VQFlowError(
+                f"{where} is under {fs}, a virtual file system that cannot hold files; choose a folder on a disk"
+            )
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise VQFlowError(f"{where} is an existing file; {command} writes a folder there: choose another path")
+    if kind == "file" and path.is_dir():
+        raise VQFlowError(
+            f"{where} is a folder; {command} writes a file: give a file name such as {path / 'model.onnx'}"
+        )
+    folder = path if kind == "folder" else path.parent
+    existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), Path("."))
+    if not existing.is_dir():
+        raise VQFlowError(f"{where} is below {existing}, which is a file, not a folder; choose a path below a folder")
+    problem = _unwritable(existing)
+    if problem:
+        what = "" if existing == folder else f" (in {existing})"
+        raise VQFlowError(f"{where} cannot be written{what}: {problem}")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no file can be created in `folder` ('reason; what to do'), or None: a real probe
+    file, since root passes every permission test that os.access would make."""
+    import tempfile
+
+    from vqflow.atomic import write_reason
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vqflow-probe-")
+    except OSError as e:
+        reason, advice = write_reason(e) or ((e.strerror or first_line(e)).lower(), "choose another folder")
+        return f"{reason}; {advice}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an OSError that names a file: the file(s), the reason in words, a hint."""
+    names = " -> ".join(os.fsdecode(n) for n in (e.filename, e.filename2) if n is not None)
+    reason = (e.strerror or first_line(e)).lower()
+    return f"{names}: {reason}; check the path, its permissions and free disk space (--debug shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     problem = _unknown_command(sys.argv[1:] if argv is None else argv)
     if problem:
@@ -306,15 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     try:
+        check_out(args.command, getattr(args, "out", None))
         return COMMANDS[args.command](args)
     except VQFlowError as e:
         if args.debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # EvaluationInterrupted says what the run folder holds
+        print(str(e) or "interrupted", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     except Exception as e:
         from vqflow.engine.fit import TrainingInterrupted
 
@@ -323,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + e.signum
         if args.debug or os.environ.get("VQFLOW_DEBUG"):
             raise
+        if isinstance(e, OSError) and e.filename is not None:  # last resort: a file named, so one line
+            print(f"error: {_os_error_line(e)}", file=sys.stderr)
+            return 2
         print(
             f"error: unexpected {type(e).__name__}: {first_line(e, 300)} (run again with --debug for the traceback)",
             file=sys.stderr,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from vqflow.backbones import create_backbone
 from vqflow.calibration import Calibration
 from vqflow.config import Config, from_dict
 from vqflow.engine.checkpoint import load_checkpoint
-from vqflow.errors import VQFlowError
+from vqflow.errors import VQFlowError, first_line
 from vqflow.model.detector import Detector
 from vqflow.model.vqflow import VQFlow
 
@@ -103,12 +104,14 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
     folder = Path(run)
     if not folder.is_dir():
         raise VQFlowError(f"run folder {folder} does not exist; pass the --out folder of 'vqflow fit'")
-    payload = load_checkpoint(checkpoint_path(folder, which))
-    cfg = from_dict(payload["config"], f" in {folder}")
+    path = checkpoint_path(folder, which)
+    payload = load_checkpoint(path)
+    cfg = from_dict(payload["config"], f" in {path}")
+    channels = feature_channels(payload, path)
     dev = resolve_device(device)
     backbone = build_backbone(cfg, dev)
-    head = build_head(cfg, tuple(payload["feature_channels"]))
-    head.load_state_dict(payload["model"])
+    head = build_head(cfg, channels)
+    load_weights(head, payload["model"], cfg, path)
     calibration = Calibration.from_dict(payload.get("calibration"), f"the calibration in {folder}")
     if not calibration.ready and which == "auto":
         raise VQFlowError(
@@ -117,3 +120,111 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
         )
     detector = build_detector(cfg, backbone, head, calibration).to(dev).eval()
     return TrainedRun(folder, cfg, detector, payload, dev)
+
+
+# Model keys that set tensor shapes: the candidates when saved weights do not fit their config.
+_SHAPE_KEYS = ("subnet_hidden", "fusion_hidden", "global_dim", "pos_dim", "num_concepts", "num_patterns")
+_RETRAIN = (
+    "the file is not from this version of vqflow or its config was edited; use the checkpoint "
+    "with the config it was trained with, or train again"
+)
+
+
+def feature_channels(payload: dict, path: Path) -> tuple[int, int, int, int]:
+    """The checkpoint's backbone stage widths, checked: four positive integers."""
+    channels = payload["feature_channels"]
+    if len(channels) != 4 or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+        raise VQFlowError(f"checkpoint {path} holds feature_channels {list(channels)!r}, not 4 widths; {_RETRAIN}")
+    return tuple(channels)  # type: ignore[return-value]
+
+
+def load_weights(head: VQFlow, state: dict, cfg: Config, path: Path) -> None:
+    """Load saved weights into the head built from the saved config; when they do not fit,
+    say in one line which config key (or tensor) disagrees, instead of torch's 25-line list."""
+    expected = head.state_dict()
+    problem = state_mismatch(expected, state)
+    if problem is None:
+        try:
+            head.load_state_dict(state)
+            return
+        except (RuntimeError, ValueError, TypeError) as e:  # e.g. a tensor of an uncastable dtype
+            problem = first_line(e, 150)
+    key = guess_config_key(cfg, head.feature_channels, expected, state)
+    raise VQFlowError(f"checkpoint {path}: the weights do not match the saved config ({key or problem}); {_RETRAIN}")
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], saved: dict) -> str | None:
+    """The first difference between a model's state dict and saved weights, in words
+    (a missing or extra tensor, or one of another shape), with how many more; None if they fit."""
+    problems = []
+    for key, want in expected.items():
+        got = saved.get(key)
+        if key not in saved:
+            problems.append(f"'{key}' is missing from the weights")
+        elif not isinstance(got, torch.Tensor):
+            problems.append(f"'{key}' is a {type(got).__name__}, not a tensor")
+        elif got.shape != want.shape:
+            problems.append(f"'{key}' is {_shape(got)} in the file but {_shape(want)} for the config")
+    problems += [f"the weights hold an unexpected '{key}'" for key in saved if key not in expected]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "a scalar"
+
+
+def guess_config_key(
+    cfg: Config, channels: tuple[int, ...], expected: dict[str, torch.Tensor], saved: dict
+) -> str | None:
+    """'model.KEY is A in the saved config but the weights are for B' when changing one
+    shape-setting model key to B makes every saved tensor fit (`expected`: the state dict for
+    `cfg`); None when no single key does."""
+    candidates = [
+        (key, got)
+        for key in _SHAPE_KEYS
+        for want, got in sorted(_differing_sizes(expected, saved))
+        if want == getattr(cfg.model, key)
+    ]
+    blocks = _saved_flow_blocks(saved)
+    if blocks and blocks != list(cfg.model.flow_blocks):
+        candidates.append(("flow_blocks", blocks))
+    for key, got in candidates:
+        trial = copy.deepcopy(cfg)
+        setattr(trial.model, key, got)
+        try:
+            fits = state_mismatch(build_head(trial, tuple(channels)).state_dict(), saved) is None
+        except Exception:  # noqa: BLE001 - an impossible trial value is simply not the answer
+            fits = False
+        if fits:
+            return f"model.{key} is {getattr(cfg.model, key)} in the saved config but the weights are for {got}"
+    return None
+
+
+def _saved_flow_blocks(saved: dict) -> list[int]:
+    """Flow blocks per level that saved weights hold (from their 'flows.L.blocks.B.' names)."""
+    found: dict[int, int] = {}
+    for key in saved:
+        parts = str(key).split(".")
+        if (
+            len(parts) > 3
+            and parts[0] == "flows"
+            and parts[2] == "blocks"
+            and parts[1].isdigit()
+            and parts[3].isdigit()
+        ):
+            level, block = int(parts[1]), int(parts[3])
+            found[level] = max(found.get(level, 0), block + 1)
+    return [found.get(level, 0) for level in range(max(found) + 1)] if found else []
+
+
+def _differing_sizes(expected: dict[str, torch.Tensor], saved: dict) -> set[tuple[int, int]]:
+    """(size for the config, size in the file) of each differing dimension of same-rank tensors."""
+    pairs = set()
+    for key, want in expected.items():
+        got = saved.get(key)
+        if isinstance(got, torch.Tensor) and got.dim() == want.dim() and got.shape != want.shape:
+            pairs.update((a, b) for a, b in zip(want.shape, got.shape) if a != b)
+    return pairs

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vqflow import __version__
-from vqflow.atomic import atomic_path
+from vqflow.atomic import atomic_path, write_error
 from vqflow.errors import VQFlowError, first_line
 
 FORMAT = "vqflow-checkpoint-v1"
@@ -57,19 +57,76 @@ def _update(h: Any, key: str, value: Any) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write `payload` (which must hold 'model', a state dict) to a temp file, then rename."""
+    """Write `payload` (which must hold 'model', a state dict) to a temp file, then rename.
+
+    A failed write (disk full, read-only file system...) is a VQFlowError naming the file and
+    the reason; the previous checkpoint at `path` stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**payload, "format": FORMAT, "version": __version__}
     payload["checksum_scope"] = "payload"
     payload["checksum"] = payload_checksum(payload)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    existed = path.exists()
+    with atomic_path(path, "checkpoint") as tmp, open(tmp, "wb") as f:
+        # Through a Python file, not a path, so that a failed write's OSError (with its errno) is
+        # seen: torch's own writer reports only "file write failed" or "unexpected pos".
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(payload, recorder)
+        except RuntimeError as e:
+            if recorder.error is not None:
+                raise recorder.error from e  # atomic_path names the file and the reason
+            if not _is_write_failure(e):
+                raise
+            reason = "torch's writer failed, most likely no space left on device"
+            raise write_error(path, "checkpoint", reason, "free disk space, then run again", existed) from e
+        f.flush()
+        os.fsync(f.fileno())  # a late error (quota, network disk) surfaces before the rename, not after
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and verify a checkpoint; a missing, corrupt or foreign file gets a clear error."""
+class _WriteRecorder:
+    """A binary file's write() for torch.save, remembering the first OSError it raised."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    """Whether a RuntimeError is torch's zip writer failing to write (a full disk, mostly)."""
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "inline_container" in text or "file write failed" in text
+
+
+# What every checkpoint of 'vqflow fit' holds, and what fit --resume needs besides.
+REQUIRED_KEYS = ("config", "feature_channels")
+RESUME_KEYS = ("config", "feature_channels", "epoch", "step", "optimizer", "rng", "vq_rng", "history", "best")
+_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "feature_channels": (list, tuple),
+    "epoch": int,
+    "step": int,
+    "optimizer": dict,
+    "rng": torch.Tensor,
+    "vq_rng": dict,
+    "history": list,
+    "best": dict,
+}
+
+
+def load_checkpoint(path: str | os.PathLike, require: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """Load and verify a checkpoint; a missing, corrupt or foreign file, or one without the
+    `require`d entries, gets a clear error."""
     path = Path(path)
     if not path.is_file():
         raise VQFlowError(f"checkpoint {path} does not exist; train first with 'vqflow fit'")
@@ -95,4 +152,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     expected = payload_checksum(payload) if full else state_checksum(payload["model"])
     if expected != payload.get("checksum"):
         raise VQFlowError(f"checkpoint {path} fails its checksum (damaged file); use another checkpoint")
+    require_keys(payload, path, require)
     return payload
+
+
+def require_keys(payload: dict[str, Any], path: str | os.PathLike, keys: tuple[str, ...]) -> None:
+    """Raise a one-line VQFlowError naming the first of `keys` the checkpoint lacks (or holds in
+    the wrong form), instead of a KeyError or TypeError wherever it is first used."""
+    for key in keys:
+        if key not in payload:
+            problem = "lacks"
+        elif not isinstance(payload[key], _KEY_TYPES.get(key, object)):
+            problem = f"holds a {type(payload[key]).__name__} as"
+        else:
+            continue
+        raise VQFlowError(
+            f"checkpoint {path} {problem} '{key}': it was not written by this version of 'vqflow fit' "
+            "(or was edited); use a checkpoint from this version, or train again"
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +15,32 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqflow.atomic import atomic_write_text
+from vqflow.config import load_yaml
 from vqflow.data import ImageDataset, denormalize, load_data
 from vqflow.data.sample import collate
 from vqflow.engine.build import TrainedRun, inference_batch_size, load_run
-from vqflow.engine.progress import progress, say
+from vqflow.engine.fit import stop_on_signals
+from vqflow.engine.progress import progress, say, warn
+from vqflow.errors import VQFlowError
 from vqflow.metrics import METRIC_KEYS, compute_class_metrics, summarize
+from vqflow.runlock import hold_run_folder
+
+# The outputs of one evaluation, in the order they are moved into the run folder: metrics.json
+# last, so that a new metrics.json means every other output is new too.
+OUTPUTS = ("report_files", "report.html", "scores.csv", "metrics.csv", "metrics.json")
+STAGING_PREFIX = ".test-staging-"
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during test; the message says which outputs the run folder holds.
+
+    A KeyboardInterrupt, so that no `except Exception` between the signal and the CLI swallows
+    it; the CLI exits with 128 + signum.
+    """
+
+    def __init__(self, signum: int, kept: str = "") -> None:
+        super().__init__(f"interrupted; {kept}" if kept else "interrupted")
+        self.signum = signum
 
 
 @dataclass
@@ -124,30 +147,74 @@ def metrics_csv(metrics: dict) -> str:
 
 
 def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report: bool = True) -> dict:
-    """Score the run's test set; write metrics.json, metrics.csv, scores.csv and report.html."""
-    tr = load_run(run, device)
+    """Score the run's test set; write metrics.json, metrics.csv, scores.csv and report.html as one unit.
+
+    All outputs are built in a staging folder inside the run, then moved into place (see
+    `commit_outputs`): SIGINT/SIGTERM (EvaluationInterrupted) leave either all the previous
+    outputs or all the new ones, never a mix. The run folder is locked meanwhile.
+    """
+    folder = Path(run)
+    with hold_run_folder(folder, "test", "wait for it to finish", create=False):
+        with stop_on_signals(raise_as=EvaluationInterrupted) as flag:
+            staging = folder / f"{STAGING_PREFIX}{os.getpid()}"
+            try:
+                remove_stale_staging(folder)
+                metrics = _stage_outputs(folder, staging, device, quiet, report)
+                flag["defer"] = True  # a signal now waits for the move to end (checked below)
+                commit_outputs(staging, folder)
+            except EvaluationInterrupted as e:
+                flag["defer"] = True
+                raise EvaluationInterrupted(e.signum, _kept_message(folder)) from None
+            finally:
+                flag["defer"] = True
+                shutil.rmtree(staging, ignore_errors=True)
+            if flag["signum"] is not None:
+                raise EvaluationInterrupted(flag["signum"], f"the new test outputs in {folder} are complete")
+    if report:
+        say(f"report: {folder / 'report.html'}", quiet)
+    return metrics
+
+
+def _kept_message(folder: Path) -> str:
+    """What an interrupted test leaves: the run folder's outputs as they were before it."""
+    if (folder / "metrics.json").exists():
+        return f"the previous test outputs in {folder} are unchanged"
+    return f"no test outputs were written to {folder}"
+
+
+def _stage_outputs(folder: Path, staging: Path, device: str, quiet: bool, report: bool) -> dict:
+    """Load the run, score its test set and write every output into `staging` (metrics.json
+    last: its presence marks a complete staging folder); return the metrics."""
+    tr = load_run(folder, device)
     cfg = tr.cfg
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     dataset = ImageDataset(splits.test, cfg.data.image_size, has_masks=splits.has_masks)
     # Without masks the maps only feed the gallery: keep them small (10,000 CIFAR images).
     scored = score_dataset(tr, dataset, quiet, desc="test", map_size=None if splits.has_masks else 64)
     metrics = class_metrics(scored, splits.mask_classes)
-    chosen = tr.payload.get("chosen_epoch", tr.payload.get("epoch"))
+    status = fit_status(folder, tr.payload)
+    chosen = status["epoch"]
     metrics["run"] = {
         "epoch": chosen,
         "selection": cfg.train.select,
         "selection_note": "last epoch"
         if cfg.train.select == "last"
         else "epoch with the lowest NLL on held-out training normals (no test labels used)",
+        "finished": status["finished"],
+        "planned_epochs": status["planned_epochs"],
         "n_test_images": len(scored.paths),
         "preset": cfg.preset,
         "backbone": cfg.model.backbone,
         "image_size": cfg.data.image_size,
     }
-    folder = tr.folder
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
-    atomic_write_text(folder / "metrics.csv", metrics_csv(metrics))
-    atomic_write_text(folder / "scores.csv", scores_csv(scored))
+    if not status["finished"]:
+        warn(
+            f"the fit of {folder} did not finish: testing epoch {chosen} of {status['planned_epochs']} planned; "
+            f"finish it with 'vqflow fit --out {folder} --resume', then test again"
+        )
+    staging.mkdir()
+    atomic_write_text(staging / "metrics.csv", metrics_csv(metrics))
+    atomic_write_text(staging / "scores.csv", scores_csv(scored))
     if report:
         from vqflow.report import ReportData, write_report
 
@@ -157,6 +224,8 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
             f"image score: top {cfg.score.topk:.0%} mean of the {cfg.score.image_map} map; pixel map: "
             f"{cfg.score.pixel_map}; blur sigma {cfg.score.blur_sigma}; normalisation {cfg.score.normalization}",
         ]
+        if not status["finished"]:
+            notes.insert(0, f"unfinished fit: epoch {chosen} of {status['planned_epochs']} planned epochs evaluated")
         if any(s == "demo" for s in cfg.data.specs):
             notes.append("the demo set's defects are synthetic, drawn on real textures")
         data = ReportData(
@@ -174,6 +243,55 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
             notes=notes,
             map_range=tr.calibration.map_range,
         )
-        path = write_report(folder, data)
-        say(f"report: {path}", quiet)
+        write_report(staging, data)
+    atomic_write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def fit_status(folder: Path, payload: dict) -> dict:
+    """Whether the evaluated checkpoint ends the run's planned training: {"finished", "epoch"
+    (the epoch evaluated), "planned_epochs"}.
+
+    Only a final model (the one checkpoint with a calibration) of as many epochs as the run's
+    latest config.yaml plans is finished: an intermediate checkpoint is not, nor the previous
+    final model of a run whose `fit --resume --epochs N` was interrupted.
+    """
+    planned = (payload.get("config") or {}).get("train", {}).get("epochs")
+    try:
+        planned = int(load_yaml(folder / "config.yaml")["train"]["epochs"])  # rewritten by each fit
+    except (VQFlowError, KeyError, TypeError, ValueError):
+        pass
+    trained = payload.get("epoch")
+    finished = bool(payload.get("calibration")) and (planned is None or trained is None or trained >= planned)
+    return {"finished": finished, "epoch": payload.get("chosen_epoch", trained), "planned_epochs": planned}
+
+
+def remove_stale_staging(folder: Path) -> None:
+    """Delete staging folders a killed test left (the caller holds the run folder's lock)."""
+    for stale in folder.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def commit_outputs(staging: Path, folder: Path) -> None:
+    """Move the staged outputs over the run folder's, in OUTPUTS order.
+
+    Each move is one atomic rename; the set is not atomic as a whole. The caller defers
+    SIGINT/SIGTERM meanwhile, so that they leave all old or all new outputs. A hard kill (or
+    power loss) within these few renames can leave a mix; it leaves the staging folder behind
+    too, which marks it (the next test removes it and writes every output again), and
+    metrics.json, moved last, is then still the old one. An output this evaluation did not
+    make (report.html under --no-report) is removed: it would describe an older evaluation.
+    """
+    trash = staging / ".previous"
+    trash.mkdir()
+    for name in OUTPUTS:
+        new, old = staging / name, folder / name
+        if old.is_dir() and not old.is_symlink():
+            os.replace(old, trash / name)  # a folder with files in it cannot be replaced by a rename
+        if new.exists():
+            os.replace(new, old)
+        elif old.exists() or old.is_symlink():
+            os.replace(old, trash / name)
+            warn(
+                f"removed the previous {name} of {folder}: it described an older evaluation (test without --no-report)"
+            )

@@ -8,8 +8,8 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +29,19 @@ from vqflow.engine.build import (
     seed_everything,
 )
 from vqflow.engine.calibrate import calibrate
-from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint
+from vqflow.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
 from vqflow.engine.distributed import DistContext, init_distributed, shutdown
 from vqflow.engine.features import FeatureSource, extract_features
-from vqflow.engine.progress import progress, say
+from vqflow.engine.progress import progress, say, warn
 from vqflow.errors import VQFlowError
 from vqflow.model.detector import Detector
 from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
+from vqflow.runlock import hold_run_folder
+
+# Divergence: a step's loss above first + DIVERGENCE_FACTOR * max(|first|, 1), `first` being the
+# fit's first step loss. Healthy runs stay below their first loss (tiny run: 30 -> 19 in two
+# epochs); train.lr=10 takes it from 30 to 3e10 in the first epoch and 1e28 later, all finite.
+DIVERGENCE_FACTOR = 100.0
 
 
 class TrainingInterrupted(Exception):
@@ -88,15 +94,22 @@ def lr_factor(epoch: int, cfg: Config) -> float:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[dict]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
-    flag: dict = {"signum": None}
+def stop_on_signals(raise_as: Callable[[int], BaseException] | None = None) -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (flag["signum"]).
+
+    With `raise_as`, raise raise_as(signum) at once instead, unless flag["defer"] is set then
+    (a step that must not be cut; the flag still records the signal): for work that has
+    nothing to save, where waiting for the next check would only delay the stop.
+    """
+    flag: dict = {"signum": None, "defer": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, _frame):  # noqa: ANN001
         flag["signum"] = signum
+        if raise_as is not None and not flag["defer"]:
+            raise raise_as(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -126,7 +139,12 @@ def fit(cfg: Config, out: str | Path, resume: bool = False, quiet: bool = False)
         device = torch.device(f"cuda:{ctx.local_rank}")
     quiet = quiet or not ctx.is_main
     try:
-        return _fit(cfg, out, resume, quiet, device, ctx)
+        # Only the main rank writes the run's files, so only it locks the folder. The other ranks
+        # start once it holds it; when it is refused they wait, idle, until torchrun ends them.
+        advice = "wait for it to finish or choose another --out"
+        with hold_run_folder(out, "fit", advice) if ctx.is_main else nullcontext():
+            ctx.barrier()
+            return _fit(cfg, out, resume, quiet, device, ctx)
     finally:
         shutdown(ctx)
 
@@ -136,7 +154,7 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     last = ckpt_dir / "last.pt"
     payload = None
     if resume:
-        payload = load_checkpoint(last)
+        payload = load_checkpoint(last, require=RESUME_KEYS)
         saved, now = payload["config"], cfg.to_dict()
         free = {"train.epochs", "train.device", "train.feature_cache", "train.cache_memory_gb", "data.num_workers"}
         differ = [
@@ -256,6 +274,7 @@ def _train(
         if payload is not None:
             truncate_log(log_path, start_epoch)
     epochs = cfg.train.epochs
+    watch = DivergenceWatch(cfg.train.lr, enabled=ctx.is_main)
     with stop_on_signals() as flag:
         for epoch in range(start_epoch, epochs):
             for g in optimizer.param_groups:
@@ -269,17 +288,23 @@ def _train(
             bar.update(skip_steps)
             for step in range(skip_steps, len(batches)):
                 loss = vqflow_loss(model(train_src.get(batches[step], device)), cfg.model.commitment_weight)
+                # A NaN/inf loss stops the fit: one such step turns the weights and Adam's moments
+                # into NaN for good, so every later epoch would be wasted time ending in a model
+                # that scores NaN. A finite but exploding loss only warns (DivergenceWatch): it
+                # may recover, and a long run is not thrown away on a guess.
                 if not torch.isfinite(loss):
                     bar.close()
                     raise VQFlowError(
                         f"non-finite loss at epoch {epoch + 1}, step {step + 1}; training stopped, the last good "
-                        f"checkpoint is kept in {ckpt_dir}; try a lower learning rate (--set train.lr=...)"
+                        f"checkpoint is kept in {ckpt_dir}; fit again with a lower learning rate "
+                        f"(--set train.lr={cfg.train.lr / 10:g})"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.train.grad_clip)
                 optimizer.step()
                 losses.append(loss.item())
+                watch.check(losses[-1], epoch, step)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                 bar.update(1)
                 if flag["signum"] is not None:
@@ -330,6 +355,28 @@ def _train(
         ).to_dict()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
+
+
+class DivergenceWatch:
+    """Warns once, in one line, when the training loss climbs far above the fit's first loss:
+    a learning rate too high, which a finite loss never reports by itself."""
+
+    def __init__(self, lr: float, enabled: bool = True) -> None:
+        self.lr, self.first, self.warned = lr, None, not enabled
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        """Look at one step's loss (epoch and step counted from 0)."""
+        if self.first is None:
+            self.first = loss
+            return
+        if self.warned or loss <= self.first + DIVERGENCE_FACTOR * max(abs(self.first), 1.0):
+            return
+        self.warned = True
+        warn(
+            f"the training loss is diverging ({loss:.3g} at epoch {epoch + 1}, step {step + 1}; it started at "
+            f"{self.first:.3g}): train.lr={self.lr:g} is likely too high; fit again with a lower one, "
+            f"e.g. --set train.lr={self.lr / 10:g}"
+        )
 
 
 def truncate_log(log_path: Path, epochs: int) -> None:

@@ -23,6 +23,7 @@ from vqflow.calibration import Calibration
 from vqflow.engine.progress import progress, warn
 from vqflow.errors import VQFlowError
 from vqflow.imageio import IMAGENET_MEAN, IMAGENET_STD, model_input, read_rgb, resize_map
+from vqflow.runlock import hold_run_folder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 COLUMNS = [
@@ -153,6 +154,20 @@ def run_predict(
     if out.exists() and not out.is_dir():
         raise VQFlowError(f"--out {out} is a file; choose a folder")
     files = collect_images(inputs)
+    with hold_run_folder(out, "predict", "wait for it to finish or choose another --out"):
+        return _score_into(model, files, out, threshold, heatmaps, save_maps, quiet)
+
+
+def _score_into(
+    model: Model,
+    files: list[tuple[Path, Path]],
+    out: Path,
+    threshold: float | None,
+    heatmaps: bool,
+    save_maps: bool,
+    quiet: bool,
+) -> list[dict]:
+    """run_predict's work, in an output folder it holds."""
     names = output_names(files)
     paths = [f for f, _ in files]
     cal = model.calibration
