@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from vqflow import config
 from vqflow.engine.build import build_head
+from vqflow.model.condition import QuantizedCondition
 from vqflow.model.scores import log_likelihood_maps, score_batch
 from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
 
@@ -131,3 +133,56 @@ def test_tiny_training_loss_falls_and_outliers_score_higher():
         s_out = score_batch(log_likelihood_maps(m(outl).u, 32), topk=0.03).score
     labels = [0] * 20 + [1] * 20
     assert roc_auc_score(labels, torch.cat([s_in, s_out]).numpy()) > 0.9
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (2, 9)])
+def test_quantized_condition_conv_equals_the_dense_conv(size):
+    """Lookups (positional conv, per-tap codebook table, in-bounds mask for the global vector) give
+    exactly the 3x3 zero-padded convolution of the dense condition, borders included."""
+    gen = torch.Generator().manual_seed(3)
+    h, w = size
+    p, d, k, b, o = 8, 12, 10, 3, 6
+    cond = QuantizedCondition(
+        torch.randn(1, p, h, w, generator=gen),
+        torch.randn(b, d, generator=gen),
+        torch.randint(0, k, (b, h, w), generator=gen),
+        torch.randn(k, p + d, generator=gen),
+    )
+    dense = cond.dense()
+    assert dense.shape == cond.shape == (b, p + 2 * d, h, w)
+    assert torch.equal(dense[:, p + d :], cond.y[:, :, None, None].expand(-1, -1, h, w))
+    weight = torch.randn(o, p + 2 * d, 3, 3, generator=gen)
+    torch.testing.assert_close(cond.conv3x3(weight), F.conv2d(dense, weight, padding=1), rtol=1e-5, atol=1e-4)
+
+
+def test_inference_with_quantized_conditions_matches_the_dense_flows():
+    """Without autograd VQFlow keeps the conditions quantized; its output must equal the dense path's
+    (subnets randomised so that no coupling is the identity), and each block still inverts exactly."""
+    gen = torch.Generator().manual_seed(4)
+    model = tiny()
+    model(feats(4, gen=gen))  # training mode: initialises the codebooks
+    for flow in model.flows:
+        for block in flow.blocks:
+            torch.nn.init.normal_(block.subnet.conv_out.weight, std=0.3, generator=gen)
+    model.eval()
+    x = feats(3, gen=gen)
+    with torch.no_grad():
+        fast = model(x)
+        model.lookup_condition = False
+        dense = model(x)
+    assert dense.codes.keys() == fast.codes.keys()
+    torch.testing.assert_close(fast.logdet, dense.logdet, rtol=1e-5, atol=1e-4)
+    for a, b in zip(fast.u, dense.u):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dense.logdet, torch.zeros_like(dense.logdet))
+    block = model.flows[0].blocks[0]
+    p, d = model.pos_dim, TINY["global_dim"]
+    cond = QuantizedCondition(
+        torch.randn(1, p, 8, 8, generator=gen),
+        torch.randn(3, d, generator=gen),
+        torch.randint(0, 4, (3, 8, 8), generator=gen),
+        torch.randn(4, p + d, generator=gen),
+    )
+    with torch.no_grad():
+        y, _ = block(x[0], cond)
+        torch.testing.assert_close(block.inverse(y, cond), x[0], rtol=1e-5, atol=1e-5)

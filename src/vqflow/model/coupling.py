@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.errors import VQFlowError
+from vqflow.model.condition import QuantizedCondition
+
+Condition = torch.Tensor | QuantizedCondition  # a flow's condition: dense, or kept quantized (inference)
 
 # 0.1 * softplus_{beta=0.5}(gamma) == 1  <=>  gamma = 2 * log(exp(5) - 1).
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.expm1(5.0))
@@ -27,13 +30,16 @@ def _check_positive(name: str, value: int | None, allow_none: bool = False) -> N
         raise VQFlowError(f"flow setting '{name}' must be a positive integer, got {value!r}")
 
 
-def check_cond(cond: torch.Tensor | None, cond_channels: int, size: tuple[int, int], owner: str) -> None:
-    """Raise VQFlowError unless `cond` is a (B, cond_channels, *size) tensor (or None when 0 channels)."""
+def check_cond(
+    cond: torch.Tensor | QuantizedCondition | None, cond_channels: int, size: tuple[int, int], owner: str
+) -> None:
+    """Raise VQFlowError unless `cond` is a (B, cond_channels, *size) tensor, or a QuantizedCondition of
+    that shape (or None when 0 channels)."""
     if cond_channels == 0:
         if cond is not None and cond.shape[1] != 0:
             raise VQFlowError(f"{owner} was built with cond_channels=0 but got a condition; pass cond=None")
         return
-    if cond is None or cond.dim() != 4 or cond.shape[1] != cond_channels or tuple(cond.shape[-2:]) != size:
+    if cond is None or len(cond.shape) != 4 or cond.shape[1] != cond_channels or tuple(cond.shape[-2:]) != size:
         got = None if cond is None else tuple(cond.shape)
         raise VQFlowError(
             f"{owner} expects a condition of shape (B, {cond_channels}, {size[0]}, {size[1]}), got {got}; "
@@ -88,6 +94,13 @@ class CouplingSubnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.relu(self.norm(self.conv_in(x))))
+
+    def forward_quantized(self, x: torch.Tensor, cond: QuantizedCondition) -> torch.Tensor:
+        """forward(cat(x, cond.dense())), the condition's share of the first conv done by lookups."""
+        c = x.shape[1]
+        h = F.conv2d(x, self.conv_in.weight[:, :c], self.conv_in.bias, padding=1)
+        h = h + cond.conv3x3(self.conv_in.weight[:, c:])
+        return self.conv_out(F.relu(self.norm(h)))
 
     def macs(self, height: int, width: int) -> int:
         """Conv multiply-accumulates for one sample at the given spatial size."""
@@ -150,21 +163,24 @@ class AllInOneCoupling(InvertibleModule):
         """Per-channel log of the global affine scale, shape (1, C, 1, 1)."""
         return torch.log(0.1 * F.softplus(self.global_gamma, beta=0.5))
 
-    def _coupling_params(self, x1: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _coupling_params(self, x1: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-scale s and shift t for x2, computed from the untouched half and the condition."""
-        inputs = x1 if cond is None or self.cond_channels == 0 else torch.cat([x1, cond], dim=1)
-        a = 0.1 * self.subnet(inputs)
+        if isinstance(cond, QuantizedCondition):
+            a = 0.1 * self.subnet.forward_quantized(x1, cond)
+        else:
+            inputs = x1 if cond is None or self.cond_channels == 0 else torch.cat([x1, cond], dim=1)
+            a = 0.1 * self.subnet(inputs)
         s = self.clamp * torch.tanh(a[:, : self.split2])
         return s, a[:, self.split2 :]
 
-    def _check(self, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+    def _check(self, x: torch.Tensor, cond: Condition | None) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise VQFlowError(
                 f"AllInOneCoupling expects input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
         check_cond(cond, self.cond_channels, tuple(x.shape[-2:]), "AllInOneCoupling")
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cond: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, cond)
         x1, x2 = x[:, : self.split1], x[:, self.split1 :]
         s, t = self._coupling_params(x1, cond)
@@ -176,7 +192,7 @@ class AllInOneCoupling(InvertibleModule):
         logdet = s.flatten(1).sum(1) + pixels * log_scale.sum()
         return y, logdet
 
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         self._check(y, cond)
         x = (y[:, self.inv_perm] - self.global_offset) * torch.exp(-self.log_global_scale())
         x1, x2 = x[:, : self.split1], x[:, self.split1 :]
@@ -212,14 +228,14 @@ class ConditionalFlow(InvertibleModule):
             for i in range(n_blocks)
         )
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cond: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0])
         for block in self.blocks:
             x, block_logdet = block(x, cond)
             logdet = logdet + block_logdet
         return x, logdet
 
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         for block in reversed(self.blocks):
             y = block.inverse(y, cond)
         return y

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.errors import VQFlowError
+from vqflow.model.condition import QuantizedCondition
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
 from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d
 from vqflow.model.quantizer import VectorQuantizer
@@ -96,6 +97,7 @@ class VQFlow(nn.Module):
                 nn.init.constant_(head.bias, math.log(math.expm1(1.0 - 1e-3)))
         self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+        self.lookup_condition = True  # False: convolve the dense condition at inference too (tests, timing)
 
     def _pe(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         key = (h, w, str(like.device))
@@ -141,7 +143,9 @@ class VQFlow(nn.Module):
         codes: dict[str, torch.Tensor] = {"cpc": concept} if self.quantize else {}
 
         semantic = self.semantic(f4)
-        conds = []
+        # Without autograd the flows' conditions stay quantized: their convolutions become lookups.
+        lookup = self.lookup_condition and self.quantize and self.concept_patterns and not torch.is_grad_enabled()
+        conds: list[torch.Tensor | QuantizedCondition] = []
         for s in range(LEVELS + 1):
             if s < LEVELS:
                 hs = self.feature_mlps[s](h_in[s])
@@ -153,8 +157,12 @@ class VQFlow(nn.Module):
             if commit is not None:
                 commitment = commitment + commit
                 codes[f"cspc{s + 1}"] = idx
-            yb = y_hat[:, :, None, None].expand(-1, -1, *hq.shape[-2:])
-            conds.append(torch.cat([hq, yb], 1))
+            if lookup and s < LEVELS:
+                pe = self._pe(*hs.shape[-2:], hs).reshape(1, -1, *hs.shape[-2:])
+                conds.append(QuantizedCondition(pe, y_hat, idx, self.cspc[s].codes.to(hs.dtype)))
+            else:
+                yb = y_hat[:, :, None, None].expand(-1, -1, *hq.shape[-2:])
+                conds.append(torch.cat([hq, yb], 1))
 
         logdet = y.new_zeros(y.shape[0])
         zs = []
