@@ -55,7 +55,7 @@ class QuantizedCondition:
         padded = F.pad(self.idx, (1, 1, 1, 1), value=k)
         taps = [padded[:, dy : dy + h, dx : dx + w] + (3 * dy + dx) * (k + 1) for dy in range(3) for dx in range(3)]
         rows = torch.stack(taps, -1).reshape(-1, 9)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.onnx.is_in_onnx_export():
             codes = F.embedding(rows, table).sum(1)  # Gather + ReduceSum: every exporter knows them
         else:
             codes = F.embedding_bag(rows, table, mode="sum")

@@ -242,8 +242,9 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 self._ema_step(data, idx, counts)
         q = q.reshape(x.shape).to(x.dtype)
-        commitment = (q - x).pow(2).mean()
-        quantized = x + (q - x).detach()
+        diff = q - x
+        commitment = diff.pow(2).mean()
+        quantized = x + diff.detach() if torch.is_grad_enabled() else q  # straight-through only for autograd
         p = counts.float() / max(1, idx.numel())
         entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
         return QuantizerOutput(quantized, idx.reshape(lead), commitment, entropy.exp(), counts)

@@ -106,9 +106,10 @@ class VQFlow(nn.Module):
         return self._pe_cache[key].to(like.dtype)
 
     def _patterns(
-        self, level: int, h: torch.Tensor, y_hat: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Quantized pattern hq_s at one level: a_s + Q_s(h'_s - a_s) (or the CAP/no-VQ forms)."""
+        self, level: int, h: torch.Tensor, y_hat: torch.Tensor, dense: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Quantized pattern hq_s at one level: a_s + Q_s(h'_s - a_s) (or the CAP/no-VQ forms);
+        with dense=False only the codes (hq is None: a QuantizedCondition stands for it)."""
         b, _, hh, ww = h.shape
         pe = self._pe(hh, ww, h).expand(b, -1, -1, -1)
         if not self.quantize:
@@ -119,6 +120,8 @@ class VQFlow(nn.Module):
         else:
             target = torch.cat([h, pe], 1)
         q = self.cspc[level](target.permute(0, 2, 3, 1))
+        if not dense:
+            return None, q.commitment, q.indices
         hq = q.quantized.permute(0, 3, 1, 2)
         if self.concept_patterns:
             hq = anchor + hq
@@ -149,15 +152,18 @@ class VQFlow(nn.Module):
         for s in range(LEVELS + 1):
             if s < LEVELS:
                 hs = self.feature_mlps[s](h_in[s])
-                up = F.interpolate(semantic, size=hs.shape[-2:], mode="bilinear", align_corners=False)
-                hs = hs + self.upsample_convs[s](up)
+                # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
+                # the conv runs at f4's size, 16x fewer pixels at the first level.
+                sem = self.upsample_convs[s](semantic)
+                hs = hs + F.interpolate(sem, size=hs.shape[-2:], mode="bilinear", align_corners=False)
             else:
                 hs = self.feature_mlps[s](f4)
-            hq, commit, idx = self._patterns(s, hs, y_hat)
+            quantized = lookup and s < LEVELS
+            hq, commit, idx = self._patterns(s, hs, y_hat, dense=not quantized)
             if commit is not None:
                 commitment = commitment + commit
                 codes[f"cspc{s + 1}"] = idx
-            if lookup and s < LEVELS:
+            if quantized:
                 pe = self._pe(*hs.shape[-2:], hs).reshape(1, -1, *hs.shape[-2:])
                 conds.append(QuantizedCondition(pe, y_hat, idx, self.cspc[s].codes.to(hs.dtype)))
             else:
