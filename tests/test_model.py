@@ -186,3 +186,45 @@ def test_inference_with_quantized_conditions_matches_the_dense_flows():
     with torch.no_grad():
         y, _ = block(x[0], cond)
         torch.testing.assert_close(block.inverse(y, cond), x[0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_vq_log_det_is_the_full_jacobian():
+    """Without codebooks the condition must not depend on the flows' own inputs: the reported
+    log-det equals log|det| of the whole map (h1, h2, h3) -> (u1, u2, u3), taken by autograd
+    through every path, the condition's included (f4 held fixed, as the likelihood's context)."""
+    gen = torch.Generator().manual_seed(5)
+    model = tiny(quantize=False).double()
+    for module in model.modules():  # no block may be the identity, or the condition would not matter
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.2, generator=gen)
+    model.eval()
+    x = [f.double() for f in feats(1, gen=gen)]
+    shapes = [f.shape for f in x[:3]]
+    sizes = [f.numel() for f in x[:3]]
+
+    def latents(flat: torch.Tensor) -> torch.Tensor:
+        hs = [p.reshape(s) for p, s in zip(flat.split(sizes), shapes)]
+        return torch.cat([u.flatten() for u in model([*hs, x[3]]).u])
+
+    flat = torch.cat([f.flatten() for f in x[:3]])
+    jac = torch.autograd.functional.jacobian(latents, flat)
+    with torch.no_grad():
+        reported = model(x).logdet[0]
+    assert torch.linalg.slogdet(jac).logabsdet.item() == pytest.approx(reported.item(), abs=1e-6)
+
+
+def test_cap_and_ours_quantize_patterns_of_the_same_width():
+    """CAP (concept_patterns=false) quantizes h'_s itself, D + P wide like ours' residual (the
+    authors' form), not concat(h'_s, PE)."""
+    d, p = TINY["global_dim"], TINY["pos_dim"]
+    for switch in (True, False):
+        model = tiny(concept_patterns=switch)
+        assert {q.codes.shape[1] for q in model.cspc} == {d + p}
+        assert model.flows[0].cond_channels == d + p + d
+    model = tiny(concept_patterns=False)
+    model(feats(2))
+    model.eval()
+    with torch.no_grad():
+        h = torch.randn(2, d + p, 8, 8)
+        hq, _, idx = model._patterns(0, h, torch.randn(2, d))
+    torch.testing.assert_close(hq, model.cspc[0].codes[idx].permute(0, 3, 1, 2))

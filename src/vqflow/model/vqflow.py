@@ -72,11 +72,15 @@ class VQFlow(nn.Module):
         dp = d + p
         self.global_mlp = GlobalMLP(c4, d)
         self.semantic = nn.Sequential(nn.Conv2d(c4, dp, 1), nn.BatchNorm2d(dp), nn.ReLU(inplace=True))
-        self.feature_mlps = nn.ModuleList([FeatureMLP(c, dp) for c in feature_channels])
+        # Without codebooks a flow's condition must not depend on the flow's own input h_s (the
+        # log-det would miss that path): levels 1-3 then take no FeatureMLP (METHOD.md 2, no-VQ).
+        self.feature_mlps = nn.ModuleList(
+            [FeatureMLP(c, dp) if quantize or s == LEVELS else nn.Identity() for s, c in enumerate(feature_channels)]
+        )
         self.upsample_convs = nn.ModuleList([nn.Conv2d(dp, dp, 1) for _ in range(LEVELS)])
         vq = dict(decay=vq_decay, init=vq_init)
-        # CAP quantizes concat(h', PE) directly; ours quantizes the residual against the anchor.
-        pattern_dim = dp if concept_patterns else dp + p
+        # CAP quantizes h' directly, ours the residual against the anchor: both D + P wide.
+        pattern_dim = dp
         if quantize:
             self.cpc = VectorQuantizer(num_concepts, d, **vq)
             self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)])
@@ -108,17 +112,14 @@ class VQFlow(nn.Module):
     def _patterns(
         self, level: int, h: torch.Tensor, y_hat: torch.Tensor, dense: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Quantized pattern hq_s at one level: a_s + Q_s(h'_s - a_s) (or the CAP/no-VQ forms);
-        with dense=False only the codes (hq is None: a QuantizedCondition stands for it)."""
+        """Quantized pattern hq_s at one level: a_s + Q_s(h'_s - a_s); CAP: Q_s(h'_s); no VQ:
+        a_s + h'_s. With dense=False only the codes (hq is None: a QuantizedCondition stands for it)."""
         b, _, hh, ww = h.shape
         pe = self._pe(hh, ww, h).expand(b, -1, -1, -1)
+        anchor = torch.cat([pe, y_hat[:, :, None, None].expand(-1, -1, hh, ww)], 1)
         if not self.quantize:
-            return h, None, None
-        if self.concept_patterns:
-            anchor = torch.cat([pe, y_hat[:, :, None, None].expand(-1, -1, hh, ww)], 1)
-            target = h - anchor
-        else:
-            target = torch.cat([h, pe], 1)
+            return anchor + h, None, None
+        target = h - anchor if self.concept_patterns else h
         q = self.cspc[level](target.permute(0, 2, 3, 1))
         if not dense:
             return None, q.commitment, q.indices
@@ -151,11 +152,12 @@ class VQFlow(nn.Module):
         conds: list[torch.Tensor | QuantizedCondition] = []
         for s in range(LEVELS + 1):
             if s < LEVELS:
-                hs = self.feature_mlps[s](h_in[s])
                 # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
                 # the conv runs at f4's size, 16x fewer pixels at the first level.
                 sem = self.upsample_convs[s](semantic)
-                hs = hs + F.interpolate(sem, size=hs.shape[-2:], mode="bilinear", align_corners=False)
+                hs = F.interpolate(sem, size=h_in[s].shape[-2:], mode="bilinear", align_corners=False)
+                if self.quantize:  # no VQ: the condition stays free of h_s (see __init__)
+                    hs = hs + self.feature_mlps[s](h_in[s])
             else:
                 hs = self.feature_mlps[s](f4)
             quantized = lookup and s < LEVELS
