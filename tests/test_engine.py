@@ -388,3 +388,21 @@ def test_config_type_errors_are_in_words(key, value, words):
 def test_out_of_range_seeds_name_the_key(seed, tmp_path):
     r = _cli("fit", "--data", "demo", "--out", str(tmp_path / "o"), "--seed", seed)
     assert r.returncode == 2 and "train.seed" in r.stderr and "unexpected" not in r.stderr
+
+
+def test_deterministic_switch_turns_on_deterministic_algorithms(trained, data, tmp_path):
+    """train.deterministic=true runs every op of fit in torch's deterministic mode (none raises)
+    and, on a CPU, trains exactly the model of the default run."""
+    out = tmp_path / "det"
+    try:
+        args = ["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(2)]
+        assert main([*args, "--set", "train.deterministic=true"]) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    a = load_checkpoint(trained / "checkpoints" / "final.pt")["model"]
+    b = load_checkpoint(out / "checkpoints" / "final.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -228,3 +228,21 @@ def test_cap_and_ours_quantize_patterns_of_the_same_width():
         h = torch.randn(2, d + p, 8, 8)
         hq, _, idx = model._patterns(0, h, torch.randn(2, d))
     torch.testing.assert_close(hq, model.cspc[0].codes[idx].permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 32, 32), (5, 7, 16, 9), (16, 16, 8, 8), (1, 1, 4, 4)])
+def test_resize_bilinear_matches_interpolate_with_its_gradient(shape):
+    """The matrix-product resize (deterministic backward on CUDA) gives F.interpolate's values and
+    gradients (bilinear, half-pixel centres), up- and downsampling."""
+    from vqflow.model.layers import resize_bilinear
+
+    hi, wi, ho, wo = shape
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, hi, wi, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, ho, wo, generator=gen, dtype=torch.float64)
+    ours = resize_bilinear(x, (ho, wo))
+    ref = F.interpolate(x, size=(ho, wo), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref)

@@ -66,6 +66,7 @@ class TrainConfig:
     feature_cache: str = "auto"  # auto | memory | disk | off
     cache_memory_gb: float = 4.0  # "auto" keeps features in memory below this size
     select: str = "last"  # "last" epoch, or "val": lowest NLL on held-out training normals
+    deterministic: bool = False  # deterministic algorithms only (CUDA: slower; errors name any op without one)
 
 
 @dataclass

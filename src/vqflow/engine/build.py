@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +39,23 @@ def inference_batch_size(cfg: Config, device: torch.device) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch; deterministic algorithms where torch has them."""
+    """Seed Python, numpy and torch (every device). On a CPU that makes a run repeat exactly;
+    on CUDA see `use_deterministic`."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def use_deterministic(on: bool) -> None:
+    """train.deterministic: deterministic algorithms only (cuDNN without autotuning, cuBLAS with a
+    fixed workspace); an op with no deterministic form then raises instead of varying. The model
+    itself avoids the usual culprits (bilinear resizes are matrix products, see layers.resize_bilinear)."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def build_backbone(cfg: Config, device: torch.device) -> torch.nn.Module:

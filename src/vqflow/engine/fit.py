@@ -27,6 +27,7 @@ from vqflow.engine.build import (
     inference_batch_size,
     resolve_device,
     seed_everything,
+    use_deterministic,
 )
 from vqflow.engine.calibrate import calibrate
 from vqflow.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
@@ -156,7 +157,14 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     if resume:
         payload = load_checkpoint(last, require=RESUME_KEYS)
         saved, now = payload["config"], cfg.to_dict()
-        free = {"train.epochs", "train.device", "train.feature_cache", "train.cache_memory_gb", "data.num_workers"}
+        free = {
+            "train.epochs",
+            "train.device",
+            "train.deterministic",
+            "train.feature_cache",
+            "train.cache_memory_gb",
+            "data.num_workers",
+        }
         differ = [
             f"{sec}.{k}"
             for sec in ("model", "data", "train")
@@ -176,6 +184,7 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
                 f"{out} already holds a trained run ({', '.join(found)}); continue it with --resume or choose another --out"
             )
 
+    use_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     train_recs, val_recs = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)

@@ -12,6 +12,7 @@ from torch import nn
 
 from vqflow.errors import VQFlowError
 from vqflow.model.coupling import ChannelLayerNorm, InvertibleModule, check_cond, conv3x3_macs
+from vqflow.model.layers import resize_bilinear
 
 # MSFlow's soft clamp constant, about 2/pi: log-scale = clamp * 0.636 * atan(s / clamp).
 _ATAN_FACTOR = 0.636
@@ -70,7 +71,7 @@ class FusionHalfStep(nn.Module):
         for half, part, head, w_out in zip(halves, mixed.split(self.in_widths, dim=1), self.heads, self.out_widths):
             size = (int(half.shape[-2]), int(half.shape[-1]))
             if size != small:
-                part = F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+                part = resize_bilinear(part, size)
             st = head(part + half)
             log_scale = self.clamp * _ATAN_FACTOR * torch.atan(st[:, :w_out] / self.clamp)
             params.append((log_scale, st[:, w_out:]))

@@ -53,3 +53,36 @@ def pool_features(features: list[torch.Tensor]) -> list[torch.Tensor]:
         raise ValueError(f"expected 4 backbone stages, got {len(features)}")
     pooled = [nn.functional.avg_pool2d(f, 3, 2, 1) for f in features[:3]]
     return pooled + [features[3]]
+
+
+_RESIZE_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def bilinear_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres (as
+    F.interpolate(mode="bilinear", align_corners=False)): source x = (i + 0.5) n_in / n_out - 0.5,
+    clamped at the ends."""
+    key = (n_in, n_out, dtype, str(device))
+    if key not in _RESIZE_MATRICES:
+        src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = src - lo
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        rows = torch.arange(n_out)
+        m.index_put_((rows, lo), 1 - frac, accumulate=True)
+        m.index_put_((rows, hi), frac, accumulate=True)
+        _RESIZE_MATRICES[key] = m.to(dtype=dtype, device=device)
+    return _RESIZE_MATRICES[key]
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to `size` as two matrix products, R_h @ x @ R_w^T: the same
+    values as F.interpolate(align_corners=False), but with a deterministic backward on CUDA
+    (the upsampling kernel's gradient accumulates with atomics) and plain MatMuls when exported."""
+    h, w = int(size[0]), int(size[1])
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    rh = bilinear_matrix(int(x.shape[-2]), h, x.dtype, x.device)
+    rw = bilinear_matrix(int(x.shape[-1]), w, x.dtype, x.device)
+    return torch.matmul(torch.matmul(rh, x), rw.t())

@@ -15,7 +15,7 @@ from torch import nn
 from vqflow.errors import VQFlowError
 from vqflow.model.condition import QuantizedCondition
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
-from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d
+from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d, resize_bilinear
 from vqflow.model.quantizer import VectorQuantizer
 
 LEVELS = 3  # flow scales; a fourth pattern level conditions the fusion flow
@@ -155,7 +155,7 @@ class VQFlow(nn.Module):
                 # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
                 # the conv runs at f4's size, 16x fewer pixels at the first level.
                 sem = self.upsample_convs[s](semantic)
-                hs = F.interpolate(sem, size=h_in[s].shape[-2:], mode="bilinear", align_corners=False)
+                hs = resize_bilinear(sem, h_in[s].shape[-2:])
                 if self.quantize:  # no VQ: the condition stays free of h_s (see __init__)
                     hs = hs + self.feature_mlps[s](h_in[s])
             else:
@@ -187,7 +187,7 @@ class VQFlow(nn.Module):
         fusion_cond = conds[LEVELS]
         smallest = zs[-1].shape[-2:]
         if fusion_cond.shape[-2:] != smallest:
-            fusion_cond = F.interpolate(fusion_cond, size=smallest, mode="bilinear", align_corners=False)
+            fusion_cond = resize_bilinear(fusion_cond, smallest)
         u, ld = self.fusion(zs, fusion_cond)
         return VQFlowOutput(list(u), logdet + ld, commitment, concept, codes)
 
