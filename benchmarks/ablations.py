@@ -1,20 +1,27 @@
-"""Flip one switch at a time against the default (ours) and the reference forms; fit + test each.
+"""Flip one switch at a time against the default (ours) and the reference forms, over seeds.
 
-    python benchmarks/ablations.py --data demo --epochs 20 --out benchmarks/results/ablations
-    python benchmarks/ablations.py --data mvtec:/data/mvtec_ad --only ours ref_vq_init
+    python benchmarks/ablations.py --data demo --seeds 0 1 2 --only ours no_quantization cap_patterns single_gaussian
+    python benchmarks/ablations.py --data demo --seeds 0 1 2 --only ours kcp_1 kcp_4 kcp_8 kcp_16
+    python benchmarks/ablations.py --data fmnist --set data.image_size=64 --name fmnist --only ours no_quantization
 
 Every variant is trained and evaluated exactly like `vqflow fit` + `vqflow test` (last epoch,
-no test labels used for any choice); the table is written to OUT/ablations.json and .md.
+no test labels used for any choice), once per seed. Runs go to WORKDIR/<name>/<variant>_s<seed>
+(reused when present); the table (mean over seeds, and min..max) to
+benchmarks/results/ablations_<name>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 VARIANTS: dict[str, list[str]] = {
     "ours": [],
@@ -24,11 +31,17 @@ VARIANTS: dict[str, list[str]] = {
     "no_quantization": ["model.quantize=false"],
     "cap_patterns": ["model.concept_patterns=false"],
     "single_gaussian": ["model.latent=single"],
+    "kcp_1": ["model.num_concepts=1"],
+    "kcp_4": ["model.num_concepts=4"],
+    "kcp_8": ["model.num_concepts=8"],
+    "kcp_16": ["model.num_concepts=16"],
+    "kcsp_32": ["model.num_patterns=32"],
+    "kcsp_512": ["model.num_patterns=512"],
     "train_normalization": ["score.normalization=train"],
     "nll_image_map": ["score.image_map=nll"],
     "no_blur": ["score.blur_sigma=0"],
 }
-KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 
 
 def run(cmd: list[str]) -> None:
@@ -37,62 +50,78 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", action="append", default=None)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=9826)
-    ap.add_argument("--out", default="benchmarks/results/ablations")
-    ap.add_argument("--only", nargs="*", choices=list(VARIANTS))
-    ap.add_argument("--set", action="append", default=[], help="extra config overrides for every variant")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = args.data or ["demo"]
-    table = {}
-    for name in args.only or list(VARIANTS):
-        folder = out / name
-        sets = [x for s in [*VARIANTS[name], *args.set] for x in ("--set", s)]
-        t0 = time.time()
+def fit_and_test(folder: Path, data: list[str], epochs: int, seed: int, sets: list[str]) -> tuple[dict, float]:
+    """metrics.json of one variant and seed (fitted and tested unless already there), and seconds."""
+    t0 = time.time()
+    if not (folder / "metrics.json").exists():
         if not (folder / "checkpoints" / "final.pt").exists():
-            cmd = [
-                sys.executable,
-                "-m",
-                "vqflow",
-                "fit",
-                "--out",
-                str(folder),
-                "--epochs",
-                str(args.epochs),
-                "--seed",
-                str(args.seed),
-                "--quiet",
-                *sets,
-            ]
+            cmd = [sys.executable, "-m", "vqflow", "fit", "--out", str(folder), "--epochs", str(epochs)]
+            cmd += ["--seed", str(seed), "--quiet", *[x for s in sets for x in ("--set", s)]]
             for d in data:
                 cmd += ["--data", d]
             run(cmd)
         run([sys.executable, "-m", "vqflow", "test", "--run", str(folder), "--quiet", "--no-report"])
-        metrics = json.loads((folder / "metrics.json").read_text())
+    return json.loads((folder / "metrics.json").read_text()), time.time() - t0
+
+
+def cell(values: list[float]) -> str:
+    """'mean (min..max)' in percent; one value alone."""
+    v = 100 * np.asarray(values)
+    return f"{v[0]:.1f}" if len(v) == 1 else f"{v.mean():.1f} ({v.min():.1f}..{v.max():.1f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", action="append", default=None, help="data spec(s), default demo")
+    ap.add_argument("--name", default="demo", help="table name: benchmarks/results/ablations_<name>.md")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--workdir", default="runs/ablations", help="run folders (kept, reused)")
+    ap.add_argument("--results", default="benchmarks/results")
+    ap.add_argument("--only", nargs="*", choices=list(VARIANTS))
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides for every variant")
+    args = ap.parse_args()
+    data = args.data or ["demo"]
+    work = Path(args.workdir) / args.name
+    table: dict[str, dict] = {}
+    for name in args.only or list(VARIANTS):
+        rows, seconds = [], []
+        for seed in args.seeds:
+            metrics, sec = fit_and_test(work / f"{name}_s{seed}", data, args.epochs, seed, [*VARIANTS[name], *args.set])
+            rows.append(metrics["mean"])
+            seconds.append(sec)
         table[name] = {
             "switches": VARIANTS[name],
-            "seconds": round(time.time() - t0, 1),
-            "mean": metrics["mean"],
-            "mean_all": metrics["mean_all"],
+            "per_seed": {str(s): r for s, r in zip(args.seeds, rows)},
+            "seconds": [round(s, 1) for s in seconds],
         }
-        print(name, {k: round(100 * v, 1) for k, v in metrics["mean"].items() if v is not None}, flush=True)
-    (out / "ablations.json").write_text(
-        json.dumps({"data": data, "epochs": args.epochs, "seed": args.seed, "variants": table}, indent=2)
-    )
-    lines = ["| variant | switches | " + " | ".join(KEYS) + " | mean |", "|---" * (len(KEYS) + 3) + "|"]
+        print(name, {k: cell([r[k] for r in rows]) for k in KEYS if rows[0].get(k) is not None}, flush=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    info = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
+        "command": "python " + " ".join(sys.argv),
+        "data": data,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+    }
+    (results / f"ablations_{args.name}.json").write_text(json.dumps({**info, "variants": table}, indent=2))
+    lines = [
+        f"# Ablations on {', '.join(data)}: mean over seeds {args.seeds} (min..max), %",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Date: {info['date']}  ",
+        f"Machine: {info['machine']}; {args.epochs} epochs, last epoch evaluated, no test label used.",
+        "",
+        "| variant | switches | " + " | ".join(KEYS) + " |",
+        "|---" * (len(KEYS) + 2) + "|",
+    ]
     for name, row in table.items():
-        cells = ["-" if row["mean"].get(k) is None else f"{100 * row['mean'][k]:.1f}" for k in KEYS]
-        lines.append(
-            f"| {name} | {' '.join(row['switches']) or 'defaults'} | "
-            + " | ".join(cells)
-            + f" | {100 * (row['mean_all'] or 0):.1f} |"
-        )
-    (out / "ablations.md").write_text("\n".join(lines) + "\n")
+        runs = list(row["per_seed"].values())
+        cells = ["-" if runs[0].get(k) is None else cell([r[k] for r in runs]) for k in KEYS]
+        lines.append(f"| {name} | {' '.join(row['switches']) or 'defaults'} | " + " | ".join(cells) + " |")
+    (results / f"ablations_{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
