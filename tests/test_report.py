@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
+import base64
+import html as htmllib
+import io
+import json
+import os
 import re
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score
 
+import vqflow.report.plots as plots
+from vqflow.calibration import Calibration
 from vqflow.errors import VQFlowError
+from vqflow.metrics import compute_class_metrics, summarize
 from vqflow.report import ReportData, format_table, overlay, save_png, write_report
+from vqflow.report.decisions import format_score
+from vqflow.report.overlay import with_colorbar
+from vqflow.report.training import read_train_log
 
 CLASSES = ["bottle", "cable", "screw"]
 KEYS = ["image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro"]
 SIZE = 32
+DEFECTS = ["crack", "scratch", "hole"]
+THRESHOLD = 1.0
+CONCEPT_THRESHOLDS = {1: 0.2, 11: 2.2, 99: 5.0}  # concept 99 never occurs in the test set
+MAP_RANGE = (0.2, 1.4)
 
 
-def _metrics(rng: np.random.Generator, with_pixel: bool) -> dict:
-    classes = {}
+def _metrics(classes: list[str], labels, scores, masks, maps) -> dict:
+    """metrics.json layout computed from the data itself, as evaluate does."""
+    array = np.asarray(classes)
+    per_class = {}
     for name in CLASSES:
-        values = {k: float(rng.uniform(0.5, 1.0)) for k in KEYS}
-        if not with_pixel:
-            for k in KEYS[3:]:
-                values[k] = None
-        classes[name] = values
-    mean = {}
-    for k in KEYS:
-        vals = [classes[c][k] for c in CLASSES if classes[c][k] is not None]
-        mean[k] = float(np.mean(vals)) if vals else None
-    present = [v for v in mean.values() if v is not None]
-    return {"classes": classes, "mean": mean, "mean_all": float(np.mean(present))}
+        sel = array == name
+        pixel = (masks[sel], maps[sel]) if masks is not None else (None, None)
+        per_class[name] = compute_class_metrics(labels[sel], scores[sel], *pixel)
+    return summarize(per_class)
 
 
-def make_data(with_masks: bool = True, with_concepts: bool = True, per_class: int = 10) -> ReportData:
+def make_data(
+    with_masks: bool = True, with_concepts: bool = True, per_class: int = 10, mvtec_paths: bool = True
+) -> ReportData:
     """A small synthetic evaluation: 3 classes, 32x32 maps, square defects on anomalies."""
     rng = np.random.default_rng(1)
     n = per_class * len(CLASSES)
@@ -47,10 +61,16 @@ def make_data(with_masks: bool = True, with_concepts: bool = True, per_class: in
         masks[i, y : y + 8, x : x + 10] = True
     maps = (rng.random((n, SIZE, SIZE)) + 0.6 * masks).astype(np.float32)
     concepts = rng.integers(0, 6, size=n) + 10 * np.array([CLASSES.index(c) % 2 for c in classes])
+    folders = ["good" if labels[i] == 0 else DEFECTS[(i // 2) % len(DEFECTS)] for i in range(n)]
+    paths = (
+        [f"/data/{c}/test/{f}/{i:03d}.png" for i, (c, f) in enumerate(zip(classes, folders))]
+        if mvtec_paths
+        else [f"/data/{c}/{i:03d}.png" for i, c in enumerate(classes)]
+    )
     return ReportData(
         title="synthetic run",
-        metrics=_metrics(rng, with_masks),
-        paths=[f"/data/{c}/test/{i:03d}.png" for i, c in enumerate(classes)],
+        metrics=_metrics(classes, labels, scores, masks if with_masks else None, maps),
+        paths=paths,
         classes=classes,
         labels=labels,
         scores=scores,
@@ -63,8 +83,75 @@ def make_data(with_masks: bool = True, with_concepts: bool = True, per_class: in
     )
 
 
+def _calibration(per_concept: bool = True) -> Calibration:
+    return Calibration(
+        threshold=THRESHOLD,
+        concept_thresholds=dict(CONCEPT_THRESHOLDS) if per_concept else {},
+        n_images=20,
+        map_range=MAP_RANGE,
+    )
+
+
+def _write_log(path: Path) -> Path:
+    lines = [
+        {"epoch": 1, "loss": 9.0, "val_nll": 5.0, "codebooks": {"cpc": {"used": 8, "codes": 8, "perplexity": 7.0}}},
+        {"epoch": 2, "loss": 4.0, "val_nll": None, "codebooks": {"cpc": {"used": 6, "codes": 8, "perplexity": 5.0}}},
+        {"epoch": 3, "loss": 3.0, "codebooks": {"cpc": {"used": 5, "codes": 8, "perplexity": 4.0}}},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\nnot json\n", encoding="utf-8")
+    return path
+
+
+def decision_data(tmp: Path, per_concept: bool = True) -> ReportData:
+    """make_data with the calibrated verdict rule, the heatmap range and a training log."""
+    data = make_data()
+    data.calibration = _calibration(per_concept)
+    data.map_range = MAP_RANGE
+    data.train_log = _write_log(tmp / "train_log.jsonl")
+    return data
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[ReportData, str, Path]:
+    """One report with decisions (per-concept thresholds), built once for the read-only tests."""
+    out = tmp_path_factory.mktemp("report")
+    data = decision_data(out)
+    page = write_report(out, data).read_text(encoding="utf-8")
+    return data, page, out
+
+
 def _img_sources(page: str) -> list[str]:
     return re.findall(r'<img[^>]*\ssrc="([^"]+)"', page)
+
+
+def _section(page: str, anchor: str) -> str:
+    match = re.search(rf'<section id="{anchor}"[^>]*>.*?</section>', page, flags=re.S)
+    assert match is not None, anchor
+    return match.group(0)
+
+
+def _text(fragment: str) -> str:
+    """Visible text of an html fragment (tags removed, entities decoded, spaces collapsed)."""
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def _row_cells(fragment: str, **attrs: str) -> list[str]:
+    """Cell texts of the table row with the given data-* attributes."""
+    pattern = "".join(rf'(?=[^>]*data-{k}="{re.escape(v)}")' for k, v in attrs.items())
+    match = re.search(rf"<tr{pattern}[^>]*>(.*?)</tr>", fragment, flags=re.S)
+    assert match is not None, attrs
+    return [_text(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", match.group(1), flags=re.S)]
+
+
+def _decode(src: str) -> np.ndarray:
+    assert src.startswith("data:image/"), src[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+
+
+def _expected_verdicts(data: ReportData) -> tuple[np.ndarray, np.ndarray]:
+    """Independent of the report code: each image's threshold and whether score > threshold."""
+    thresholds = np.array([CONCEPT_THRESHOLDS.get(int(c), THRESHOLD) for c in data.concepts])
+    return thresholds, np.asarray(data.scores) > thresholds
 
 
 def _purity_by_brute_force(classes: list[str], concepts: np.ndarray) -> float:
@@ -75,16 +162,17 @@ def _purity_by_brute_force(classes: list[str], concepts: np.ndarray) -> float:
     return total / len(classes)
 
 
-def test_report_html_references_existing_files_and_shows_inputs(tmp_path: Path) -> None:
+def test_report_is_one_file_with_embedded_images_and_shows_inputs(tmp_path: Path) -> None:
     data = make_data()
     html_path = write_report(tmp_path, data)
     assert html_path == tmp_path / "report.html" and html_path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"], "one file, no report_files/"
     page = html_path.read_text(encoding="utf-8")
     sources = _img_sources(page)
-    assert len(sources) >= 3 * 8 + 4  # galleries + roc, pro, histograms, concepts, usage
+    assert len(sources) >= 3 * 8 + 12 + 6  # galleries, mistakes, roc, pr, pro, histograms, concepts, usage
     for src in sources:
-        assert not src.startswith(("http:", "https:", "/", "data:"))
-        assert (tmp_path / src).is_file(), src
+        assert _decode(src).size > 0
+    assert "report_files" not in page and "<@asset" not in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for name in CLASSES:
         assert name in page
@@ -97,9 +185,234 @@ def test_report_html_references_existing_files_and_shows_inputs(tmp_path: Path) 
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_concept_purity_matches_brute_force(tmp_path: Path) -> None:
-    data = make_data()
+@pytest.mark.parametrize("how", ["asked", "too large"])
+def test_files_mode_writes_images_beside_and_says_so(tmp_path: Path, monkeypatch, how: str) -> None:
+    import vqflow.report.writer as writer
+
+    if how == "too large":
+        monkeypatch.setattr(writer, "EMBED_LIMIT", 1000)
+    previous = os.umask(0o027)
+    try:
+        path = write_report(tmp_path, make_data(per_class=4), embed=False if how == "asked" else None)
+    finally:
+        os.umask(previous)
+    page = path.read_text(encoding="utf-8")
+    notice = re.search(r'<p class="notice">(.*?)</p>', page)
+    assert notice is not None and "report_files/" in _text(notice.group(1)) and "together" in notice.group(1)
+    sources = _img_sources(page)
+    assert sources and all(src.startswith("report_files/") for src in sources)
+    for src in sources:
+        assert (tmp_path / src).is_file(), src
+    for created in [path, *(tmp_path / "report_files").iterdir()]:
+        assert created.stat().st_mode & 0o777 == 0o640, created  # 0o666 less the umask
+
+
+def test_threshold_is_drawn_in_the_score_histograms(built, monkeypatch, tmp_path: Path) -> None:
+    data, page, _ = built
+    section = _section(page, "scores")
+    assert f'data-threshold="{THRESHOLD!r}"' in section
+    assert f"working threshold {format_score(THRESHOLD)}" in _text(section)
+    assert "per-concept thresholds" in _text(section)
+    seen = {}
+    monkeypatch.setattr(plots, "histogram_figure", lambda panels, legend: seen.update(panels) or b"png")
+    write_report(tmp_path, decision_data(tmp_path), embed=False)
+    thresholds, _ = _expected_verdicts(data)
+    for name in CLASSES:
+        own = thresholds[np.asarray(data.classes) == name]
+        assert seen[name].threshold == THRESHOLD
+        assert set(seen[name].concept_thresholds) == set(own.tolist()) - {THRESHOLD}
+
+
+def test_false_alarms_and_misses_per_class_match_an_independent_count(built) -> None:
+    data, page, _ = built
+    section = _section(page, "decisions")
+    _, flagged = _expected_verdicts(data)
+    labels = np.asarray(data.labels)
+    classes = np.asarray(data.classes)
+    assert flagged.any() and (~flagged).any()
+    for name in [*CLASSES, "total"]:
+        sel = np.ones(labels.size, bool) if name == "total" else classes == name
+        normal, defective = sel & (labels == 0), sel & (labels == 1)
+        fa, missed = int((normal & flagged).sum()), int((defective & ~flagged).sum())
+        cells = _row_cells(section, **{"class": name})
+        assert cells[1:] == [
+            str(normal.sum()),
+            str(fa),
+            f"{100 * fa / normal.sum():.1f}%",
+            str(defective.sum()),
+            str(missed),
+            f"{100 * missed / defective.sum():.1f}%",
+        ], name
+
+
+def test_catch_rate_per_defect_type_matches_an_independent_count(built, tmp_path: Path) -> None:
+    data, page, _ = built
+    section = _section(page, "decisions")
+    _, flagged = _expected_verdicts(data)
+    rows = 0
+    for i in np.flatnonzero(np.asarray(data.labels) == 1):
+        name, defect = data.classes[i], data.paths[i].split("/")[-2]
+        same = [
+            j
+            for j in range(len(data.paths))
+            if data.labels[j] == 1 and data.classes[j] == name and data.paths[j].split("/")[-2] == defect
+        ]
+        caught = int(flagged[same].sum())
+        assert _row_cells(section, **{"class": name, "defect": defect}) == [
+            defect,
+            str(len(same)),
+            str(caught),
+            f"{100 * caught / len(same):.1f}%",
+        ]
+        rows += 1
+    kinds = {(c, p.split("/")[-2]) for c, p, y in zip(data.classes, data.paths, data.labels) if y}
+    assert rows and section.count("data-defect=") == len(kinds) > 3
+    plain = make_data(mvtec_paths=False)
+    plain.calibration = _calibration()
+    other = _section(write_report(tmp_path, plain).read_text(encoding="utf-8"), "decisions")
+    assert "data-defect=" not in other and "No defect types" in other
+
+
+def test_pr_curve_titles_show_sklearn_average_precision(tmp_path: Path, monkeypatch) -> None:
+    data = decision_data(tmp_path)
+    del data.metrics["classes"]["cable"]  # a class the table lacks: computed the same way
+    seen: dict = {}
+    real = plots.pr_figure
+    monkeypatch.setattr(plots, "pr_figure", lambda curves: seen.update(curves) or real(curves))
+    write_report(tmp_path, data)
+    assert set(seen) == set(CLASSES)
+    for name in CLASSES:
+        sel = np.asarray(data.classes) == name
+        expected = average_precision_score(np.asarray(data.labels)[sel], np.asarray(data.scores)[sel])
+        assert seen[name]["title"] == f"{name}\nAP {100 * expected:.1f}"
+        recall, precision = seen[name]["curve"]
+        assert recall[0] == 0 and recall[-1] == 1 and np.all(np.diff(recall) >= 0)
+        assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(expected)  # the drawn steps are the AP
+
+
+def _recorder(seen: dict, key: str):
+    """A stand-in for a plots function that keeps the curves it is given."""
+
+    def record(curves: dict, *rest) -> bytes:
+        seen.setdefault(key, {}).update(curves)
+        return b"png"
+
+    return record
+
+
+def test_curve_titles_equal_the_table_values(tmp_path: Path, monkeypatch) -> None:
+    data = decision_data(tmp_path)
+    for k, name in enumerate(CLASSES):  # values no curve would recompute: titles must copy the table
+        data.metrics["classes"][name].update(
+            image_auroc=0.5011 + k / 10, image_ap=0.5122 + k / 10, pixel_auroc=0.5233 + k / 10, aupro=0.5344 + k / 10
+        )
+    seen: dict = {}
+    for fn in ("roc_figure", "pr_figure", "pro_figure"):
+        monkeypatch.setattr(plots, fn, _recorder(seen, fn))
     page = write_report(tmp_path, data).read_text(encoding="utf-8")
+    for name in CLASSES:
+        row = data.metrics["classes"][name]
+        table = {k: f"{100 * row[k]:.1f}" for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro")}
+        assert all(f">{v}<" in page for v in table.values())
+        assert (
+            seen["roc_figure"][name]["title"]
+            == f"{name}\nAUROC image {table['image_auroc']} · pixel {table['pixel_auroc']}"
+        )
+        assert seen["pr_figure"][name]["title"] == f"{name}\nAP {table['image_ap']}"
+        assert seen["pro_figure"][name][2] == f"{name}\nAUPRO {table['aupro']}"
+
+
+def _tiles(fragment: str) -> list[tuple[int, str]]:
+    """(data-index, visible caption) of each tile in an html fragment, in order."""
+    found = re.findall(
+        r'<figure class="tile[^"]*" data-index="(\d+)">.*?<figcaption>(.*?)</figcaption>', fragment, re.S
+    )
+    return [(int(i), _text(caption)) for i, caption in found]
+
+
+def test_mistakes_gallery_lists_top_scored_normals_with_captions(tmp_path: Path) -> None:
+    data = decision_data(tmp_path, per_concept=False)
+    section = _section(write_report(tmp_path, data).read_text(encoding="utf-8"), "mistakes")
+    scores, labels = np.asarray(data.scores), np.asarray(data.labels)
+    normals = sorted(np.flatnonzero(labels == 0), key=lambda i: -scores[i])[:6]
+    defectives = sorted(np.flatnonzero(labels == 1), key=lambda i: scores[i])[:6]
+    rows = re.findall(r'<div class="tiles" data-kind="(\w+)">(.*?)</div>', section, re.S)
+    got = {kind: _tiles(body) for kind, body in rows}
+    assert [i for i, _ in got["normals"]] == [int(i) for i in normals]
+    assert [i for i, _ in got["defectives"]] == [int(i) for i in defectives]
+    for i, caption in got["normals"] + got["defectives"]:
+        verdict = "anomalous" if scores[i] > THRESHOLD else "normal"
+        kind = data.paths[i].split("/")[-2]
+        assert f"{data.classes[i]} · {kind}" in caption
+        assert f"score {format_score(scores[i], THRESHOLD)} · threshold {format_score(THRESHOLD, scores[i])}" in caption
+        assert f"verdict: {verdict}" in caption
+
+
+def test_per_concept_thresholds_rank_mistakes_and_show_in_captions(built) -> None:
+    data, page, _ = built
+    thresholds, flagged = _expected_verdicts(data)
+    margin = np.asarray(data.scores) - thresholds
+    normals = sorted(np.flatnonzero(np.asarray(data.labels) == 0), key=lambda i: -margin[i])[:6]
+    got = _tiles(re.search(r'data-kind="normals">(.*?)</div>', _section(page, "mistakes"), re.S).group(1))
+    assert [i for i, _ in got] == [int(i) for i in normals]
+    for i, caption in got:
+        assert f"threshold {format_score(thresholds[i], data.scores[i])}" in caption
+        assert f"verdict: {'anomalous' if flagged[i] else 'normal'}" in caption
+    assert "own threshold" in _text(_section(page, "decisions"))
+
+
+def test_heatmap_tiles_carry_the_colour_bar(built) -> None:
+    data, page, _ = built
+    match = re.search(r'<figure class="tile[^"]*" data-index="(\d+)"><img src="([^"]+)"', _section(page, "galleries"))
+    i, tile = int(match.group(1)), _decode(match.group(2))
+    expected = with_colorbar(np.zeros((128, 128, 3), np.uint8), *MAP_RANGE)[:, 128:]  # 32 px enlarged to 128
+    assert tile.shape == (128, 128 + expected.shape[1], 3)
+    assert np.abs(tile[:, 128:].astype(int) - expected.astype(int)).mean() < 6  # JPEG noise only
+    image = np.repeat(
+        np.repeat(
+            overlay(data.images(i), data.maps[i], data.masks[i] if data.masks[i].any() else None, *MAP_RANGE), 4, 0
+        ),
+        4,
+        1,
+    )
+    assert np.abs(tile[:, :128].astype(int) - image.astype(int)).mean() < 6
+    assert "colour bar" in _text(_section(page, "galleries"))
+
+
+def test_page_reads_on_a_narrow_screen(built) -> None:
+    _, page, _ = built
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert page.count("<table") == page.count('<div class="scroll"><table') >= 4
+    css = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    assert re.search(r"\.scroll \{[^}]*overflow-x:auto", css)
+    assert re.search(r"nav \{[^}]*flex-wrap:wrap", css)
+    assert re.search(r"img\.plot \{[^}]*max-width:100%[^}]*height:auto", css)
+    assert re.search(r"\.panels \{[^}]*grid-template-columns:repeat\(auto-fill, minmax\(min\(100%", css)  # plots wrap
+    assert re.search(r"\.panels img \{[^}]*max-width:100%[^}]*height:auto", css)
+    for block in re.findall(r'<div class="panels">(.*?)</div>', page, re.S):
+        assert re.fullmatch(r'(<img class="(panel|plot)" src="data:image/png;base64,[^"]+" alt="[^"]+">)+', block)
+    assert page.count('<div class="panels">') == 6  # roc, pr, pro, scores, training, usage
+    fixed = [int(v) for v in re.findall(r"(?<![-\w])(?:min-)?width:\s*(\d+)px", css)]
+    assert fixed and max(fixed) <= 420
+    assert all('style="' not in tag for tag in re.findall(r"<[^>]+>", re.sub(r'src="[^"]*"', "", page)))
+
+
+def test_training_section_from_the_log(built, tmp_path: Path) -> None:
+    data, page, _ = built
+    section = _section(page, "training")
+    assert section.count('alt="training curve: ') == 3 and "1 unreadable line" in section
+    assert "epochs 1–3" in _text(section) and "dotted line: the evaluated epoch" not in section  # no metrics["run"]
+    log = read_train_log(data.train_log)
+    assert log.epochs.tolist() == [1, 2, 3] and log.loss.tolist() == [9.0, 4.0, 3.0] and log.skipped == 1
+    assert log.val_nll[0] == 5.0 and np.isnan(log.val_nll[1:]).all()
+    assert log.usage["cpc"][0].tolist() == [8, 6, 5] and log.usage["cpc"][1].tolist() == [8, 8, 8]
+    data.train_log = tmp_path / "missing.jsonl"
+    page = write_report(tmp_path, data).read_text(encoding="utf-8")
+    assert "No readable training log" in _section(page, "training") and 'alt="training curve' not in page
+
+
+def test_concept_purity_matches_brute_force(built) -> None:
+    data, page, _ = built
     expected = _purity_by_brute_force(data.classes, data.concepts)
     match = re.search(r'<div class="v">([0-9.]+)</div><div class="k">concept purity', page)
     assert match is not None
@@ -144,8 +457,6 @@ def test_overlay_colour_range_follows_vmin_vmax() -> None:
 
 
 def test_save_png_round_trips(tmp_path: Path) -> None:
-    from PIL import Image
-
     array = np.random.default_rng(0).integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
     path = save_png(array, tmp_path / "sub" / "x.png")
     np.testing.assert_array_equal(np.asarray(Image.open(path)), array)
@@ -167,13 +478,15 @@ def test_format_table_rows_and_missing_values() -> None:
     assert len({len(line) for line in lines[:-1]}) == 1  # fixed width
 
 
-def test_report_without_masks_or_concepts(tmp_path: Path) -> None:
+def test_report_without_masks_concepts_calibration_or_log(tmp_path: Path) -> None:
     data = make_data(with_masks=False, with_concepts=False)
     page = write_report(tmp_path, data).read_text(encoding="utf-8")
     for src in _img_sources(page):
-        assert (tmp_path / src).is_file(), src
-    assert "pro.png" not in page and "concepts.png" not in page
+        assert _decode(src).size > 0
+    assert "PRO curves per class" not in page and "class by concept heatmap" not in page
     assert "—" in page  # pixel metrics shown as missing
+    assert "No calibrated threshold" in _section(page, "decisions") and "data-threshold" not in page
+    assert "verdict:" not in page and "No readable training log" in page
     for name in CLASSES:
         assert name in page
 
@@ -188,14 +501,16 @@ def test_single_class_without_anomalies(tmp_path: Path) -> None:
     data.maps = data.maps[keep]
     data.masks = np.zeros_like(data.masks[keep])
     data.concepts = data.concepts[keep]
+    data.calibration = _calibration()
     images = data.images
     data.images = lambda i: images(keep[i])
     data.metrics = {"classes": {"bottle": {k: None for k in KEYS}}, "mean": {k: None for k in KEYS}}
     data.code_usage = {}
     page = write_report(tmp_path, data).read_text(encoding="utf-8")
     for src in _img_sources(page):
-        assert (tmp_path / src).is_file(), src
-    assert "bottle" in page
+        assert _decode(src).size > 0
+    assert "bottle" in page and "No defective test images" in page
+    assert _row_cells(_section(page, "decisions"), **{"class": "bottle"})[-1] == "—"  # miss rate of 0 defectives
 
 
 def test_mismatched_lengths_raise(tmp_path: Path) -> None:
@@ -206,8 +521,8 @@ def test_mismatched_lengths_raise(tmp_path: Path) -> None:
 
 
 def test_report_is_deterministic(tmp_path: Path) -> None:
-    a = write_report(tmp_path / "a", make_data()).read_bytes()
-    b = write_report(tmp_path / "b", make_data()).read_bytes()
+    a = write_report(tmp_path / "a", decision_data(tmp_path)).read_bytes()
+    b = write_report(tmp_path / "b", decision_data(tmp_path)).read_bytes()
     assert a == b
 
 

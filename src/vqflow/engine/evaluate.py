@@ -242,6 +242,8 @@ def _stage_outputs(folder: Path, staging: Path, device: str, quiet: bool, report
             code_usage=scored.code_usage,
             notes=notes,
             map_range=tr.calibration.map_range,
+            calibration=tr.calibration,
+            train_log=folder / "train_log.jsonl",
         )
         write_report(staging, data)
     atomic_write_text(staging / "metrics.json", json.dumps(metrics, indent=2))

@@ -44,7 +44,7 @@ def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarr
     while masks[:, ::stride, ::stride].size > PRO_PIXEL_BUDGET:
         stride += 1
     masks, maps = masks[:, ::stride, ::stride], maps[:, ::stride, ::stride]
-    grid = "" if stride == 1 else f", every {stride}th pixel"
+    grid = "" if stride == 1 else f", on every {stride}-th row and column"
     curve = metrics_pro_curve(masks, maps)
     fpr, pro = (np.array([]), np.array([])) if curve is None else (np.asarray(curve[0]), np.asarray(curve[1]))
     source = "vqflow.metrics.pro_curve"

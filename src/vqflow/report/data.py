@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from vqflow.calibration import Calibration
 from vqflow.errors import VQFlowError
 
 
@@ -27,6 +29,8 @@ class ReportData:
     code_usage: dict[str, np.ndarray]  # level name ("cpc", "cspc1".."cspc4") -> usage counts
     notes: list[str]  # free text lines (config summary, epoch, honesty notes)
     map_range: tuple[float, float] | None = None  # heatmap colour range fixed at fit (as predict's)
+    calibration: Calibration | None = None  # the verdict rule `vqflow predict` applies (thresholds)
+    train_log: Path | None = None  # the run's train_log.jsonl (one JSON object per epoch)
 
 
 def check_report_data(data: ReportData) -> int:
@@ -47,6 +51,8 @@ def check_report_data(data: ReportData) -> int:
     for name, length in per_image.items():
         if length != n:
             raise VQFlowError(f"report: {name} has {length} entries but paths has {n}; pass one per image")
+    if data.calibration is not None and not isinstance(data.calibration, Calibration):
+        raise VQFlowError(f"report: calibration must be a Calibration, got {type(data.calibration).__name__}")
     if not isinstance(data.metrics, dict) or "classes" not in data.metrics:
         raise VQFlowError('report: metrics must be a dict with a "classes" key')
     return n

@@ -1,4 +1,9 @@
-"""write_report: the self-contained report.html (plus its PNGs) for one evaluation."""
+"""write_report: report.html of one evaluation, one file with its images embedded.
+
+Images are embedded as data: URIs, so the html opens alone wherever it is copied. Only a
+report whose images would exceed EMBED_LIMIT writes them to report_files/ instead, and then
+says at its top that the folder must travel with it.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,46 @@ import html
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import auc, roc_curve
 
 from vqflow import __version__
 from vqflow.atomic import atomic_write_text
-from vqflow.report import plots
-from vqflow.report.concepts import concept_table, usage_stats
-from vqflow.report.curves import PIXEL_SAMPLE, PRO_FPR_LIMIT, pixel_roc, pro_curve
+from vqflow.report.assets import EMBED_LIMIT, FILES_DIR, Assets
 from vqflow.report.data import ReportData, check_report_data
-from vqflow.report.gallery import class_gallery
+from vqflow.report.decisions import (
+    Decisions,
+    catch_table_html,
+    class_outcomes,
+    decide,
+    defect_catches,
+    format_rate,
+    format_score,
+    outcome_table_html,
+    rule_text,
+)
+from vqflow.report.gallery import Tiles, class_gallery, mistakes_gallery
+from vqflow.report.sections import (
+    concept_section,
+    curves_section,
+    histogram_section,
+    training_section,
+    usage_section,
+)
 from vqflow.report.style import CSS
 from vqflow.report.tables import format_percent, metrics_table_html, summary_value
 
-FILES_DIR = "report_files"
 GALLERY_PER_SIDE = 4
+MISTAKES_PER_SIDE = 6
+NAV = [
+    ("metrics", "Metrics"),
+    ("decisions", "Decisions"),
+    ("curves", "Curves"),
+    ("scores", "Scores"),
+    ("mistakes", "Mistakes"),
+    ("galleries", "Galleries"),
+    ("training", "Training"),
+    ("concepts", "Concepts"),
+    ("codebooks", "Codebooks"),
+]
 
 
 def _class_indices(classes: list[str]) -> dict[str, np.ndarray]:
@@ -29,8 +60,13 @@ def _class_indices(classes: list[str]) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(array == name) for name in names}
 
 
-def _img(rel: str, alt: str) -> str:
-    return f'<img class="plot" src="{rel}" alt="{html.escape(alt)}">'
+def _cards(cards: list[tuple[str, str, str]]) -> str:
+    """Big-number cards: (extra css class, value, label)."""
+    body = "".join(
+        f'<div class="{" ".join(["card", c]).strip()}"><div class="v">{v}</div><div class="k">{k}</div></div>'
+        for c, v, k in cards
+    )
+    return f'<div class="cards">{body}</div>'
 
 
 def _summary_cards(metrics: dict) -> str:
@@ -39,128 +75,93 @@ def _summary_cards(metrics: dict) -> str:
     for key, label in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
         if key == "image_auroc" or format_percent(means.get(key)) != "—":  # no empty pixel cards
             cards.append(("", format_percent(means.get(key)), f"mean {label}"))
+    return _cards(cards)
+
+
+def _metrics_section(metrics: dict) -> str:
     return (
-        '<div class="cards">'
-        + "".join(
-            f'<div class="card {cls}"><div class="v">{v}</div><div class="k">{k}</div></div>' for cls, v, k in cards
-        )
-        + "</div>"
+        '<section id="metrics"><h2>Metrics</h2>'
+        + _summary_cards(metrics)
+        + f'<div class="scroll">{metrics_table_html(metrics)}</div>'
+        '<p class="caption">Threshold-free ranking metrics, percent, one decimal; — where a metric does not apply '
+        "(no masks, or no anomalies in the class). AUPRO integrates to FPR 0.3 and is divided by 0.3.</p></section>"
     )
 
 
-def _curves_section(data: ReportData, groups: dict[str, np.ndarray], files: Path) -> str:
-    labels = np.asarray(data.labels).astype(int)
-    scores = np.asarray(data.scores, dtype=np.float64)
-    has_masks = data.masks is not None and data.maps is not None
-    rocs, pros = {}, {}
-    pro_source = ""
-    for name, idx in groups.items():
-        image = pixel = None
-        parts = [name]
-        if 0 < labels[idx].sum() < idx.size:
-            fpr, tpr, _ = roc_curve(labels[idx], scores[idx])
-            image = (fpr, tpr)
-            parts.append(f"image {100 * auc(fpr, tpr):.1f}")
-        if has_masks:
-            fpr, tpr = pixel_roc(data.masks[idx], data.maps[idx])
-            if fpr.size:
-                pixel = (fpr, tpr)
-                parts.append(f"pixel {100 * auc(fpr, tpr):.1f}")
-            if data.masks[idx].any():
-                pfpr, ppro, pro_source = pro_curve(data.masks[idx], data.maps[idx])
-                pros[name] = (pfpr, ppro, name)
-        rocs[name] = {"image": image, "pixel": pixel, "title": "\n".join([parts[0], " · ".join(parts[1:])])}
-    heading = "ROC and PRO curves" if pros else "ROC curves"
-    out = [f'<section id="curves"><h2>{heading}</h2>']
-    plots.roc_figure(rocs, files / "roc.png")
-    out.append(_img(f"{FILES_DIR}/roc.png", "ROC curves per class"))
-    caption = "Image-level ROC per class (solid; AUROC in the title)."
-    if has_masks:
-        caption += f" Pixel ROC dashed, on at most {PIXEL_SAMPLE:,} pixels per class drawn with a fixed seed."
-    out.append(f'<p class="caption">{caption}</p>')
-    if pros:
-        plots.pro_figure(pros, PRO_FPR_LIMIT, files / "pro.png")
-        out.append(_img(f"{FILES_DIR}/pro.png", "PRO curves per class"))
+def _decisions_section(data: ReportData, groups: dict[str, np.ndarray], d: Decisions | None) -> str:
+    """Outcomes of the calibrated verdicts: false alarms and missed defects per class and defect type."""
+    out = ['<section id="decisions"><h2>Decisions at the working threshold</h2>']
+    if d is None:
         out.append(
-            f'<p class="caption">Per-region overlap vs. pixel FPR up to {PRO_FPR_LIMIT} (the AUPRO range); '
-            f"source: {html.escape(pro_source)}.</p>"
+            '<p class="note">No calibrated threshold for this model (a fit that did not finish has none): '
+            "no verdicts, only the threshold-free metrics.</p></section>"
         )
-    elif not has_masks:
-        out.append('<p class="note">No ground-truth masks: pixel ROC and PRO curves are not available.</p>')
+        return "".join(out)
+    rows = class_outcomes(groups, data.labels, d)
+    total = rows[-1]
+    out.append(
+        _cards(
+            [
+                ("main", format_score(d.global_threshold), "working threshold (global)"),
+                (
+                    "",
+                    f"{total.false_alarms} / {total.normal}",
+                    f"false alarms ({format_rate(total.false_alarms, total.normal)})",
+                ),
+                (
+                    "",
+                    f"{total.missed} / {total.defective}",
+                    f"missed defects ({format_rate(total.missed, total.defective)})",
+                ),
+            ]
+        )
+    )
+    out.append(f'<p class="caption">{rule_text(d)}</p>')
+    out.append(f'<div class="scroll">{outcome_table_html(rows)}</div>')
+    out.append(
+        '<p class="caption">False alarm: a normal test image flagged anomalous. Missed defect: a defective test '
+        "image judged normal. Rates are of the class's normal (defective) test images.</p>"
+    )
+    catches = defect_catches(list(data.classes), list(data.paths), data.labels, d)
+    if catches:
+        out.append("<h3>Catch rate per defect type</h3>")
+        out.append(f'<div class="scroll">{catch_table_html(catches)}</div>')
+        out.append(
+            '<p class="caption">Defective test images flagged anomalous, by their folder test/&lt;defect&gt;/.</p>'
+        )
+    else:
+        out.append('<p class="note">No defect types (test/&lt;defect&gt;/ folders) in this test set.</p>')
     out.append("</section>")
     return "".join(out)
 
 
-def _histogram_section(data: ReportData, groups: dict[str, np.ndarray], files: Path) -> str:
-    labels = np.asarray(data.labels).astype(int)
-    scores = np.asarray(data.scores, dtype=np.float64)
-    split = {n: (scores[i][labels[i] == 0], scores[i][labels[i] == 1]) for n, i in groups.items()}
-    plots.histogram_figure(split, files / "scores.png")
+def _mistakes_section(tiles: Tiles) -> str:
     return (
-        '<section id="scores"><h2>Image score distributions</h2>'
-        + _img(f"{FILES_DIR}/scores.png", "score histograms per class")
-        + '<p class="caption">Normal (blue) vs anomalous (red) test images per class; '
-        "the less the two overlap, the better one threshold separates them.</p></section>"
+        '<section id="mistakes"><h2>Worst mistakes</h2><p class="caption">Over all classes: the normal images '
+        "scored furthest above their threshold and the defective images scored furthest below it (with one "
+        "global threshold: the highest- and lowest-scored). Heatmap with colour bar (map score); ground-truth "
+        f"outline in white.</p>{mistakes_gallery(tiles, MISTAKES_PER_SIDE)}</section>"
     )
 
 
-def _concept_section(data: ReportData, files: Path) -> str:
-    out = ['<section id="concepts"><h2>Concepts (CPC)</h2>']
-    if data.concepts is None:
-        out.append('<p class="note">No concept assignments were recorded for this run.</p></section>')
-        return "".join(out)
-    table = concept_table(list(data.classes), np.asarray(data.concepts))
-    out.append(
-        f'<div class="cards"><div class="card main"><div class="v">{100 * table.purity:.1f}</div>'
-        '<div class="k">concept purity (%)</div></div>'
-        f'<div class="card"><div class="v">{len(table.concept_ids)}</div><div class="k">concepts used</div></div></div>'
+def _galleries_section(data: ReportData, groups: dict[str, np.ndarray], tiles: Tiles) -> str:
+    galleries = "".join(
+        class_gallery(tiles, name, k, idx, GALLERY_PER_SIDE) for k, (name, idx) in enumerate(groups.items())
     )
-    head = "".join(f"<th>{c}</th>" for c in table.concept_ids)
-    rows = []
-    for name, counts in zip(table.class_names, table.counts):
-        cells = "".join('<td class="zero">·</td>' if v == 0 else f"<td>{v}</td>" for v in counts)
-        rows.append(f'<tr><th scope="row">{html.escape(name)}</th>{cells}</tr>')
-    out.append(
-        '<div class="scroll"><table class="concepts"><thead><tr><th>class \\ concept</th>'
-        + head
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table></div>"
-    )
-    out.append(
-        '<p class="caption">Test images of each true class per assigned CPC concept (used concepts only). '
-        "Purity = sum over concepts of the largest class count, divided by the number of images.</p>"
-    )
-    plots.concept_heatmap(table, files / "concepts.png")
-    out.append(_img(f"{FILES_DIR}/concepts.png", "class by concept heatmap"))
-    out.append("</section>")
-    return "".join(out)
-
-
-def _usage_section(data: ReportData, files: Path) -> str:
-    out = ['<section id="codebooks"><h2>Codebook usage</h2>']
-    if not data.code_usage:
-        out.append('<p class="note">No codebook usage was recorded for this run.</p></section>')
-        return "".join(out)
-    rows = []
-    for level, counts in data.code_usage.items():
-        s = usage_stats(counts)
-        ppl = "—" if np.isnan(s.perplexity) else f"{s.perplexity:.1f}"
-        rows.append(
-            f'<tr><th scope="row">{html.escape(level)}</th><td class="num">{s.used}</td>'
-            f'<td class="num">{s.size}</td><td class="num">{ppl}</td></tr>'
+    note = (
+        "Heatmap over the image (turbo: blue low, red high; the colour bar gives the map score), ground-truth "
+        + (
+            "outline in white; colour range fixed at fit, as in vqflow predict."
+            if data.map_range is not None
+            else "outline in white; colour range shared within each class."
         )
-    out.append(
-        "<table><thead><tr><th>level</th><th>used codes</th><th>codebook size</th><th>perplexity</th>"
-        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        if data.maps is not None
+        else "No anomaly maps for this dataset: plain images shown."
     )
-    plots.usage_figure(data.code_usage, files / "usage.png")
-    out.append(_img(f"{FILES_DIR}/usage.png", "codebook usage per level"))
-    out.append(
-        '<p class="caption">Usage counts per code, sorted. Perplexity = exp(entropy of the usage '
-        "distribution): 1 means one code does everything, the codebook size means uniform use.</p></section>"
+    return (
+        '<section id="galleries"><h2>Highest- and lowest-scored test images</h2><p class="caption">'
+        f"{note} Top border: red = anomalous, green = normal (ground truth).</p>{galleries}</section>"
     )
-    return "".join(out)
 
 
 def _notes_section(notes: list[str]) -> str:
@@ -170,58 +171,53 @@ def _notes_section(notes: list[str]) -> str:
     return f'<section id="notes"><h2>Notes</h2><ul class="notes">{items}</ul></section>'
 
 
-def write_report(out_dir: Path, data: ReportData) -> Path:
-    """Write out_dir/report.html and its PNGs in out_dir/report_files/; return the html path.
+def _nav(with_notes: bool) -> str:
+    links = NAV + ([("notes", "Notes")] if with_notes else [])
+    return "<nav>" + "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in links) + "</nav>"
 
-    Images are referenced relatively (report_files/...), not embedded. The html is written
-    to a temporary name and renamed at the end, so a reader never sees half a report.
+
+def write_report(out_dir: Path, data: ReportData, embed: bool | None = None) -> Path:
+    """Write out_dir/report.html and return its path.
+
+    `embed` True: images inside the html (data: URIs); False: in out_dir/report_files/ with a
+    notice at the top; None: embedded unless they exceed EMBED_LIMIT. The html is written to a
+    temporary name and renamed at the end, so a reader never sees half a report.
     """
     n = check_report_data(data)
     out_dir = Path(out_dir)
-    files = out_dir / FILES_DIR
-    files.mkdir(parents=True, exist_ok=True)
     groups = _class_indices(list(data.classes))
     title = html.escape(data.title)
-
-    galleries = "".join(
-        class_gallery(name, k, idx, data, files, FILES_DIR, GALLERY_PER_SIDE)
-        for k, (name, idx) in enumerate(groups.items())
-    )
-    gallery_note = (
-        "Heatmap over the image (turbo: blue low, red high), ground-truth outline in white; "
-        "colour range shared within each class."
-        if data.maps is not None
-        else "No anomaly maps for this dataset: plain images shown."
-    )
-    body = [
-        f'<header><h1>{title}</h1><div class="sub">vqflow {__version__} evaluation report · {n} test images · '
-        f"{len(groups)} classes</div></header>",
-        '<nav><a href="#metrics">Metrics</a><a href="#curves">Curves</a><a href="#scores">Scores</a>'
-        '<a href="#galleries">Galleries</a><a href="#concepts">Concepts</a><a href="#codebooks">Codebooks</a>'
-        + ('<a href="#notes">Notes</a>' if data.notes else "")
-        + "</nav><main>",
-        '<section id="metrics"><h2>Metrics</h2>'
-        + _summary_cards(data.metrics)
-        + '<div class="scroll">'
-        + metrics_table_html(data.metrics)
-        + "</div>"
-        '<p class="caption">Percent, one decimal; — where a metric does not apply (no masks, or no '
-        "anomalies in the class). AUPRO integrates to FPR 0.3 and is divided by 0.3.</p></section>",
-        _curves_section(data, groups, files),
-        _histogram_section(data, groups, files),
-        f'<section id="galleries"><h2>Highest- and lowest-scored test images</h2><p class="caption">'
-        f"{gallery_note} Top border: red = anomalous, "
-        f"green = normal (ground truth).</p>{galleries}</section>",
-        _concept_section(data, files),
-        _usage_section(data, files),
+    assets = Assets()
+    decisions = decide(data.calibration, data.scores, data.concepts)
+    tiles = Tiles(data, assets, decisions)
+    sections = [
+        _metrics_section(data.metrics),
+        _decisions_section(data, groups, decisions),
+        curves_section(data, groups, assets, decisions),
+        histogram_section(data, groups, assets, decisions),
+        _mistakes_section(tiles),
+        _galleries_section(data, groups, tiles),
+        training_section(data, assets),
+        concept_section(data, assets),
+        usage_section(data, assets),
         _notes_section(list(data.notes)),
-        "</main><footer>generated by vqflow · self-contained: no external resources</footer>",
     ]
+    if embed is None:
+        embed = assets.embedded_size() <= EMBED_LIMIT
+    notice = (
+        ""
+        if embed
+        else f'<p class="notice">This report shows its images from the folder <b>{FILES_DIR}/</b> beside it: '
+        f"keep report.html and {FILES_DIR}/ together when you copy, move or send it.</p>"
+    )
+    footer = "one self-contained file: images embedded, no external resources" if embed else "no external resources"
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} · vqflow report</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-        f"<body>{''.join(body)}</body></html>\n"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+        f'<header><h1>{title}</h1><div class="sub">vqflow {__version__} evaluation report · {n} test images · '
+        f"{len(groups)} classes</div></header>{_nav(bool(data.notes))}{notice}<main>{''.join(sections)}</main>"
+        f"<footer>generated by vqflow · {footer}</footer></body></html>\n"
     )
     target = out_dir / "report.html"
-    atomic_write_text(target, page)
+    atomic_write_text(target, assets.resolve(page, out_dir, embed))
     return target
