@@ -248,8 +248,16 @@ def make_shift(source: str, prior: float) -> Callable:
     return rule
 
 
-PER_CLASS_RULES = ("global", "min10 (0.2)")
+def rule_vqflow(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
+    """What fit does (vqflow.calibration.concept_thresholds, score.concept_prior 20): 'shift train k=20'."""
+    from vqflow.calibration import concept_thresholds
+
+    return concept_thresholds(tr["score"], tr["concept"], va["score"], va["concept"], q, 20.0)
+
+
+PER_CLASS_RULES = ("global", "vqflow (concept offsets)")
 RULES: dict[str, Callable] = {
+    "vqflow (concept offsets)": rule_vqflow,
     "global": rule_global,
     "min10 (0.2)": rule_min10,
     "ztrain k=5": make_ztrain(5),

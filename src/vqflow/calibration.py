@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from vqflow.errors import VQFlowError
 
 
@@ -37,12 +39,42 @@ class ScoreStats:
         )
 
 
+def concept_offsets(scores: Any, concepts: Any, prior: float) -> tuple[float, dict[int, float]]:
+    """The pooled median score and each concept's median, shrunk toward it with `prior` pseudo-images
+    (a concept of n images keeps n / (n + prior) of its own offset)."""
+    s, c = np.asarray(scores, dtype=np.float64), np.asarray(concepts)
+    pooled = float(np.median(s))
+    offsets = {}
+    for k in np.unique(c):
+        own = s[c == k]
+        w = len(own) / (len(own) + prior)
+        offsets[int(k)] = w * float(np.median(own)) + (1 - w) * pooled
+    return pooled, offsets
+
+
+def concept_thresholds(
+    train_scores: Any, train_concepts: Any, val_scores: Any, val_concepts: Any, quantile: float, prior: float
+) -> tuple[float, dict[int, float]]:
+    """Verdict thresholds per learned concept: (global threshold, {concept: threshold}).
+
+    Each concept's typical normal score comes from the training normals (many per concept, where
+    held-out ones are a handful); how far above it a normal may score comes from the held-out
+    normals, pooled over concepts: the `quantile` of (score - its concept's offset). A concept no
+    training normal fell into gets the pooled offset: the global threshold.
+    benchmarks/results/calibration_*.md compares this rule with others.
+    """
+    pooled, offsets = concept_offsets(train_scores, train_concepts, prior)
+    excess = [s - offsets.get(int(k), pooled) for s, k in zip(np.asarray(val_scores), np.asarray(val_concepts))]
+    margin = float(np.quantile(excess, quantile))
+    return pooled + margin, {k: off + margin for k, off in offsets.items()}
+
+
 @dataclass
 class Calibration:
     """Verdict thresholds and display range of a trained detector (saved with it).
 
-    `threshold` is the `quantile` of the held-out normals' image scores; a concept with
-    enough held-out images of its own gets its own quantile in `concept_thresholds`.
+    `concept_thresholds` hold each learned concept's threshold (see `concept_thresholds()`);
+    `threshold` is the one for a concept that fit never saw.
     `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
     by the report and `vqflow predict` so that a colour means the same score in both.
     """
@@ -62,7 +94,7 @@ class Calibration:
         return math.isfinite(self.threshold)
 
     def threshold_for(self, concept: int) -> float:
-        """The concept's own threshold where fit had enough held-out normals of it, else the global one."""
+        """The concept's own threshold, or the global one for a concept fit never saw."""
         return float(self.concept_thresholds.get(int(concept), self.threshold))
 
     def verdict(self, score: float, concept: int, threshold: float | None = None) -> tuple[float, str]:

@@ -79,7 +79,7 @@ class ScoreConfig:
     blur_sigma: float = 4.0  # Gaussian blur of the maps in pixels; 0 = off (reference)
     normalization: str = "image"  # "image" (per-image max, reference) or "train"
     threshold_quantile: float = 0.99  # verdict threshold: this quantile of normal scores
-    min_concept_images: int = 10  # per-concept thresholds need this many held-out normals
+    concept_prior: float = 20.0  # a concept's own score offset is shrunk toward the pooled one by this many images
 
 
 @dataclass
@@ -130,7 +130,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "score.topk": (1e-9, 1.0),
     "score.blur_sigma": (0.0, 256.0),
     "score.threshold_quantile": (0.0, 1.0),
-    "score.min_concept_images": (1, INF),
+    "score.concept_prior": (0.0, INF),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -246,8 +246,16 @@ def _in_words(tp: Any) -> str:
     return _WORDS.get(tp, str(tp))
 
 
+# Keys of earlier versions: ignored in saved configs (runs stay loadable), refused when given.
+RETIRED = {
+    "score.min_concept_images": "score.concept_prior (each concept's threshold now comes from its training normals)",
+}
+
+
 def set_key(cfg: Config, key: str, value: Any, where: str = "") -> None:
     """Set one dotted key (validated and type-converted)."""
+    if key in RETIRED:
+        raise VQFlowError(f"config key '{key}'{where} was retired; use {RETIRED[key]}")
     if key not in all_keys():
         raise _unknown_key(key, where)
     value = _coerce(key, value)
@@ -286,7 +294,8 @@ def from_dict(d: dict[str, Any], where: str = "") -> Config:
     flat = _flatten(d)
     cfg = preset(str(flat.pop("preset", "fast")))
     for key, value in flat.items():
-        set_key(cfg, key, value, where)
+        if key not in RETIRED:  # a run saved by an earlier version
+            set_key(cfg, key, value, where)
     return cfg
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from vqflow.calibration import Calibration, ScoreStats
+from vqflow.calibration import Calibration, ScoreStats, concept_thresholds
 from vqflow.engine.features import FeatureSource
 from vqflow.model.detector import Detector
 
@@ -41,13 +41,15 @@ def calibrate(
     train_classes: list[str],
     size: tuple[int, int],
     quantile: float,
-    min_concept_images: int,
+    concept_prior: float,
     batch_size: int,
     device: torch.device,
 ) -> Calibration:
-    """Set and return `det.calibration` from its scores on held-out normals (training normals,
-    which the model has seen, when none are held out: thresholds then run low, and `source`
-    says so). `train_classes` (one per training record) name each concept's majority class."""
+    """Set and return `det.calibration`: each concept's typical score from the training normals,
+    the margin above it from the held-out normals (training normals, which the model has seen,
+    when none are held out: thresholds then run low, and `source` says so); see
+    calibration.concept_thresholds. `train_classes` (one per training record) name each
+    concept's majority class."""
     det.eval()
     stats = None
     if det.normalization == "train":
@@ -56,29 +58,21 @@ def calibrate(
             ll = [det.log_likelihood(train_src.get(i, device), size)[0].cpu() for i in pick.split(batch_size)]
         stats = ScoreStats.from_loglik(torch.cat(ll))
     det.calibration = Calibration(stats=stats)
-    src = val_src if val_src is not None and len(val_src) > 0 else train_src
-    score, concept, pix = _predict(det, src, size, batch_size, device)
-    per_concept = {}
-    for c in np.unique(concept):
-        sel = score[concept == c]
-        if len(sel) >= min_concept_images:
-            per_concept[int(c)] = float(np.quantile(sel, quantile))
-    with torch.no_grad():
-        train_concepts = torch.cat(
-            [
-                det.head.concepts(train_src.get(i, device)[-1]).cpu()
-                for i in torch.arange(len(train_src)).split(batch_size)
-            ]
-        ).numpy()
+    train_score, train_concepts, train_pix = _predict(det, train_src, size, batch_size, device)
+    held_out = val_src is not None and len(val_src) > 0
+    score, concept, pix = (
+        _predict(det, val_src, size, batch_size, device) if held_out else (train_score, train_concepts, train_pix)
+    )
+    threshold, per_concept = concept_thresholds(train_score, train_concepts, score, concept, quantile, concept_prior)
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):
         votes.setdefault(int(c), Counter())[cls] += 1
     majority = {c: sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for c, v in votes.items()}
     det.calibration = Calibration(
-        threshold=float(np.quantile(score, quantile)),
+        threshold=threshold,
         concept_thresholds=per_concept,
         quantile=quantile,
-        source="validation" if src is val_src else "training",
+        source="validation" if held_out else "training",
         n_images=int(len(score)),
         # Heatmap colours: from the typical normal pixel to the most anomalous normal pixel.
         map_range=(float(np.median(pix)), float(np.quantile(pix, 0.9999))),

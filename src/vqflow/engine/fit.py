@@ -358,7 +358,7 @@ def _train(
             train_classes,
             (cfg.data.image_size, cfg.data.image_size),
             sc.threshold_quantile,
-            sc.min_concept_images,
+            sc.concept_prior,
             cfg.train.batch_size,
             device,
         ).to_dict()

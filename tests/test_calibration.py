@@ -1,0 +1,63 @@
+"""Verdict thresholds per learned concept (vqflow.calibration.concept_thresholds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vqflow.calibration import Calibration, concept_thresholds
+from vqflow.config import from_dict, preset, set_key
+from vqflow.errors import VQFlowError
+
+
+def _sample(rng: np.random.Generator, offsets: dict[int, float], n: int) -> tuple[np.ndarray, np.ndarray]:
+    concepts = rng.choice(list(offsets), n)
+    scores = np.array([offsets[c] for c in concepts]) + rng.normal(0, 0.05, n)
+    return scores, concepts
+
+
+def test_thresholds_follow_each_concepts_typical_score():
+    """Brute force: offset = shrunk median per concept, margin = held-out quantile of the excess."""
+    rng = np.random.default_rng(0)
+    offsets = {0: 0.2, 1: 0.5, 2: 0.8}
+    ts, tc = _sample(rng, offsets, 600)
+    vs, vc = _sample(rng, offsets, 60)
+    prior, q = 20.0, 0.9
+    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior)
+    pooled = np.median(ts)
+    expect = {}
+    for k in offsets:
+        n = int((tc == k).sum())
+        expect[k] = (n * np.median(ts[tc == k]) + prior * pooled) / (n + prior)
+    margin = np.quantile([s - expect[int(k)] for s, k in zip(vs, vc)], q)
+    assert per == pytest.approx({k: v + margin for k, v in expect.items()})
+    assert thr == pytest.approx(pooled + margin)
+    # Normals of a low-scoring concept are judged against a low threshold, a high one's against a high one.
+    assert per[0] < thr < per[2]
+    fresh, fc = _sample(rng, offsets, 3000)
+    flagged = fresh > np.array([per[int(k)] for k in fc])
+    for k in offsets:  # about 1 - q false alarms in every concept, not all in the highest-scoring one
+        assert flagged[fc == k].mean() < 0.25
+
+
+def test_a_huge_prior_gives_one_global_threshold():
+    rng = np.random.default_rng(1)
+    ts, tc = _sample(rng, {0: 0.2, 1: 0.7}, 200)
+    vs, vc = _sample(rng, {0: 0.2, 1: 0.7}, 40)
+    thr, per = concept_thresholds(ts, tc, vs, vc, 0.99, 1e12)
+    assert thr == pytest.approx(np.quantile(vs, 0.99))
+    assert all(v == pytest.approx(thr) for v in per.values())
+
+
+def test_unseen_concept_gets_the_global_threshold():
+    cal = Calibration(threshold=0.6, concept_thresholds={1: 0.4})
+    assert cal.verdict(0.5, 1) == (0.4, "anomalous")
+    assert cal.verdict(0.5, 7) == (0.6, "normal")
+
+
+def test_retired_key_is_ignored_in_saved_configs_and_refused_when_given():
+    saved = preset("fast").to_dict()
+    saved["score"]["min_concept_images"] = 10
+    assert from_dict(saved).score.concept_prior == 20.0
+    with pytest.raises(VQFlowError, match="retired; use score.concept_prior"):
+        set_key(preset("fast"), "score.min_concept_images", 5)
