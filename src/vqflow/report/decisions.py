@@ -165,9 +165,11 @@ def rule_text(d: Decisions) -> str:
     cal = d.calibration
     text = (
         f"Verdict rule (the one <code>vqflow predict</code> applies): an image is <b>anomalous</b> when its score "
-        f"exceeds its threshold. The global threshold <b>{format_score(d.global_threshold)}</b> is the "
-        f"{100 * cal.quantile:.4g}% quantile of the image scores of {cal.n_images} {html.escape(cal.source)} "
-        "normal images, fixed at fit; test labels were not used."
+        "exceeds its threshold. Thresholds are fixed at fit from normal images only (test labels were not "
+        "used): each learned concept's typical score on the training normals that fall into it, plus one margin, "
+        f"the {100 * cal.quantile:.4g}% quantile of how far {cal.n_images} {html.escape(cal.source)} normal images "
+        f"score above their concept's typical score. The global threshold <b>{format_score(d.global_threshold)}</b> "
+        "applies to a concept fit never saw."
     )
     if cal.concept_thresholds:
         values = list(cal.concept_thresholds.values())
