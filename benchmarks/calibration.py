@@ -108,12 +108,9 @@ def fit(name: str, out: Path, epochs: int, seed: int) -> Path:
 
 def collect(run: Path) -> dict[str, dict[str, list]]:
     """Scores and concepts of the training normals, held-out normals and test images."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from vqflow.data import ImageDataset, load_data
-    from vqflow.data.sample import collate
     from vqflow.engine.build import load_run
+    from vqflow.engine.evaluate import score_dataset
     from vqflow.engine.fit import split_validation
 
     tr = load_run(run, "cpu")
@@ -122,17 +119,14 @@ def collect(run: Path) -> dict[str, dict[str, list]]:
     train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
     out = {}
     for part, recs in (("train", train), ("val", val), ("test", splits.test)):
-        ds = ImageDataset(recs, cfg.data.image_size)
-        rows: dict[str, list] = {"score": [], "concept": [], "cls": [], "label": [], "kind": []}
-        with torch.no_grad():
-            for batch in DataLoader(ds, batch_size=16, collate_fn=collate):
-                pred = tr.detector(batch.image)
-                rows["score"] += pred.score.double().tolist()
-                rows["concept"] += pred.concept.tolist()
-                rows["label"] += batch.label.tolist()
-                rows["cls"] += [_group(p, c) for p, c in zip(batch.path, batch.cls)]
-                rows["kind"] += [Path(p).parent.name for p in batch.path]
-        out[part] = rows
+        scored = score_dataset(tr, ImageDataset(recs, cfg.data.image_size), quiet=True, map_size=8)
+        out[part] = {
+            "score": scored.scores.tolist(),
+            "concept": scored.concepts.tolist(),
+            "cls": [_group(p, c) for p, c in zip(scored.paths, scored.classes)],
+            "label": scored.labels.tolist(),
+            "kind": [Path(p).parent.name for p in scored.paths],
+        }
     return out
 
 
@@ -228,33 +222,18 @@ def make_zmix() -> Callable:
 
 
 def make_shift(source: str, prior: float) -> Callable:
-    """Per-concept offsets only (one common spread): each concept's median, from the training or the
-    held-out normals, shrunk toward the pooled median with `prior` pseudo-images; the threshold is
-    the held-out quantile of the score minus its concept's offset."""
+    """Per-concept offsets only (one common spread): vqflow.calibration.concept_thresholds, with the
+    offsets taken from the training or the held-out normals."""
+    from vqflow.calibration import concept_thresholds
 
     def rule(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
         src = tr if source == "train" else va
-        ss, sc = np.asarray(src["score"]), np.asarray(src["concept"])
-        vs, vc = np.asarray(va["score"]), np.asarray(va["concept"])
-        m0 = float(np.median(ss))
-        off = {}
-        for k in np.unique(sc):
-            x = ss[sc == k]
-            w = len(x) / (len(x) + prior)
-            off[int(k)] = w * float(np.median(x)) + (1 - w) * m0
-        t = float(np.quantile([s - off.get(int(k), m0) for s, k in zip(vs, vc)], q))
-        return m0 + t, {k: m + t for k, m in off.items()}
+        return concept_thresholds(src["score"], src["concept"], va["score"], va["concept"], q, prior)
 
     return rule
 
 
-def rule_vqflow(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
-    """What fit does (vqflow.calibration.concept_thresholds, score.concept_prior 20): 'shift train k=20'."""
-    from vqflow.calibration import concept_thresholds
-
-    return concept_thresholds(tr["score"], tr["concept"], va["score"], va["concept"], q, 20.0)
-
-
+rule_vqflow = make_shift("train", 20.0)  # what fit does (score.concept_prior 20)
 PER_CLASS_RULES = ("global", "vqflow (concept offsets)")
 RULES: dict[str, Callable] = {
     "vqflow (concept offsets)": rule_vqflow,
