@@ -80,11 +80,10 @@ class VQFlow(nn.Module):
         self.upsample_convs = nn.ModuleList([nn.Conv2d(dp, dp, 1) for _ in range(LEVELS)])
         vq = dict(decay=vq_decay, init=vq_init)
         # CAP quantizes h' directly, ours the residual against the anchor: both D + P wide.
-        pattern_dim = dp
         if quantize:
             self.cpc = VectorQuantizer(num_concepts, d, **vq)
-            self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, pattern_dim, **vq) for _ in range(LEVELS + 1)])
-        cond = pattern_dim + d
+            self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, dp, **vq) for _ in range(LEVELS + 1)])
+        cond = dp + d
         self.flows = nn.ModuleList(
             [
                 ConditionalFlow(c, cond, n, hidden_channels=subnet_hidden, clamp=clamp)
