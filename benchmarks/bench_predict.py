@@ -441,7 +441,7 @@ def model_only(
 
 @dataclass(frozen=True)
 class PredictCase:
-    runtime: str  # "torch", "onnx" (as vqflow runs it) or "onnx_nospin" (threads sleep when idle)
+    runtime: str  # "torch" (--engine torch) or "onnx_nospin" (predict's default where onnxruntime is installed)
     images: str  # "png256" or "jpg1024"
     heatmaps: bool
     batch: int
@@ -451,16 +451,17 @@ class PredictCase:
         return f"{self.runtime}_{self.images}_{'heatmaps' if self.heatmaps else 'scores_only'}_b{self.batch}"
 
 
-def predict_cases(default_batch: int) -> list[PredictCase]:
-    """Torch and ONNX on both image sets with heatmaps on and off at vqflow's default batch,
-    ONNX with non-spinning threads, and torch at batch 16, with heatmaps on the 256 px set."""
+def predict_cases(default_batch: dict[str, int]) -> list[PredictCase]:
+    """Torch and ONNX Runtime (as predict runs it: threads sleep when idle) on both image sets
+    with heatmaps on and off at their default batches, and torch at batch 16 with heatmaps on
+    the 256 px set."""
     cases = [
-        PredictCase(rt, imgs, hm, default_batch)
+        PredictCase(rt, imgs, hm, default_batch[rt])
         for imgs in ("png256", "jpg1024")
         for hm in (True, False)
-        for rt in ("torch", "onnx")
+        for rt in ("torch", "onnx_nospin")
     ]
-    return cases + [PredictCase("onnx_nospin", "png256", True, default_batch), PredictCase("torch", "png256", True, 16)]
+    return cases + [PredictCase("torch", "png256", True, 16)]
 
 
 def probe(run: Runner, batch: int, images: int = PROBE_IMAGES) -> float:
@@ -565,7 +566,8 @@ def median_ms(fn: Callable[[], object], n: int) -> float:
 def stage_costs(folders: dict[str, Path], torch_model: Any, tmp: Path, n: int = 16) -> dict:
     """Median ms per image of each pipeline stage alone, on this thread, for both image sets:
     decode + preprocess (`_load`), map resize to the input's size, and the heatmap writer
-    (`_write`: overlay, colour bar, PNG encode + atomic write), also split into its parts."""
+    (`_write`: overlay, colour bar, JPEG encode + atomic write), also split into its parts, with
+    the PNG encode predict used before for comparison."""
     from PIL import Image
 
     from vqflow.engine.predict import _load, _write
@@ -573,7 +575,7 @@ def stage_costs(folders: dict[str, Path], torch_model: Any, tmp: Path, n: int = 
     from vqflow.report.overlay import overlay, with_colorbar
 
     lo, hi = torch_model.calibration.map_range
-    target = tmp / "stage_out" / "h.png"
+    target = tmp / "stage_out" / "h.jpg"
     out: dict[str, dict] = {}
     for images, folder in folders.items():
         files = sorted(folder.iterdir())[:n]
@@ -588,10 +590,13 @@ def stage_costs(folders: dict[str, Path], torch_model: Any, tmp: Path, n: int = 
             "input_size_wh": [w, h],
             "decode_preprocess_ms": round(statistics.median(load_ms), 2),
             "resize_map_ms": median_ms(partial(resize_map, maps[0], w, h), n),
-            "write_heatmap_png_ms": median_ms(partial(_write, {}, rgb, amap, torch_model.calibration, target, None), n),
+            "write_heatmap_ms": median_ms(partial(_write, {}, rgb, amap, torch_model.calibration, target, None), n),
             "of_which_overlay_ms": median_ms(partial(overlay, rgb, amap, vmin=lo, vmax=hi), n),
             "of_which_colorbar_ms": median_ms(partial(with_colorbar, blended, lo, hi), n),
-            "of_which_png_encode_ms": median_ms(
+            "of_which_jpeg_encode_ms": median_ms(
+                lambda image=image: image.save(tmp / "stage.jpg", format="JPEG", quality=90, subsampling=0), n
+            ),
+            "png_encode_instead_ms": median_ms(
                 lambda image=image: image.save(tmp / "stage.png", format="PNG", compress_level=1), n
             ),
         }
@@ -630,7 +635,7 @@ def cpu_model() -> str:
     return ""
 
 
-def ratios(model: dict, predict: dict, default_batch: int, key: str = "images_per_second") -> dict:
+def ratios(model: dict, predict: dict, default_batch: dict[str, int], key: str = "images_per_second") -> dict:
     """The goal ratios from the measurements; model-only ones from `key` (median or best)."""
 
     def ips(batch: int, name: str) -> float | None:
@@ -651,7 +656,7 @@ def ratios(model: dict, predict: dict, default_batch: int, key: str = "images_pe
     for name, res in predict["cases"].items():
         out[f"predict_{name}_over_backbone_b4"] = res["over_backbone_b4"]
         out[f"predict_{name}_over_backbone_b16"] = res["over_backbone_b16"]
-    main = f"torch_png256_heatmaps_b{default_batch}"
+    main = f"onnx_nospin_png256_heatmaps_b{default_batch['onnx_nospin']}"  # `vqflow predict --run`'s default
     out["goal_predict_at_least_0.9x_backbone"] = {
         "case": main,
         "vs_backbone_b4": predict["cases"][main]["over_backbone_b4"],
@@ -709,16 +714,18 @@ def markdown(report: dict) -> str:
         "",
         "## Stage costs alone, ms per image (one thread)",
         "",
-        "| images | decode+preprocess | resize map | write heatmap | = overlay | + colour bar | + PNG encode |",
-        "|---|---|---|---|---|---|---|",
+        "| images | decode+preprocess | resize map | write heatmap | = overlay | + colour bar | + JPEG encode "
+        "| PNG encode instead |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     keys = (
         "decode_preprocess_ms",
         "resize_map_ms",
-        "write_heatmap_png_ms",
+        "write_heatmap_ms",
         "of_which_overlay_ms",
         "of_which_colorbar_ms",
-        "of_which_png_encode_ms",
+        "of_which_jpeg_encode_ms",
+        "png_encode_instead_ms",
     )
     for name, res in report["stage_costs"].items():
         lines.append(f"| {name} | " + " | ".join(str(res[k]) for k in keys) + " |")
@@ -780,7 +787,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from vqflow.engine.build import load_run
-    from vqflow.engine.predict import Model, onnx_model, torch_model
+    from vqflow.engine.predict import onnx_model, torch_model
     from vqflow.export.inferencer import OnnxInferencer
     from vqflow.model.detector import frozen_forward
 
@@ -816,22 +823,10 @@ def main(argv: list[str] | None = None) -> None:
             worker.close()
 
         models = {"torch": torch_model(run, "cpu"), "onnx_nospin": onnx_model(onnx_path)}  # as vqflow runs them
-        models["onnx"] = Model(
-            inf.run,
-            inf.input_size,
-            inf.calibration,
-            models["onnx_nospin"].batch_size,
-            mean=inf.sidecar.mean,
-            std=inf.sidecar.std,
-        )
-        default_batch = models["torch"].batch_size
+        default_batch = {name: m.batch_size for name, m in models.items()}
         print(f"predict pipeline ({args.images} images per folder):", flush=True)
         cases = predict_cases(default_batch)
-        alone = {
-            "torch": runners["detector_frozen"],
-            "onnx": runners["onnxruntime"],
-            "onnx_nospin": runners["onnxruntime_nospin"],
-        }
+        alone = {"torch": runners["detector_frozen"], "onnx_nospin": runners["onnxruntime_nospin"]}
         predict = predict_pipeline(
             models, alone, folders, warm, tmp, cases, backbone, args.predict_rounds, args.images, ForeignCpu()
         )
@@ -853,8 +848,8 @@ def main(argv: list[str] | None = None) -> None:
             "predict_images": args.images,
             "predict_rounds": args.predict_rounds,
             "large_images_wh": list(LARGE),
-            "vqflow_cpu_default_batch": default_batch,
-            "onnx_predict_batch_default": models["onnx"].batch_size,
+            "vqflow_cpu_default_batch": default_batch["torch"],
+            "onnx_predict_batch_default": default_batch["onnx_nospin"],
         },
         "setup": setup,
         "definitions": {
@@ -862,15 +857,16 @@ def main(argv: list[str] | None = None) -> None:
             "head_and_scores": "det.predict_features(feats): the detector less backbone and pooling",
             "detector": "det(x) under no_grad: backbone + pooling + VQ-Flow head + scores and 256 px maps",
             "detector_frozen": "frozen_forward(det): the same forward, head + scores traced and frozen by "
-            "TorchScript (what vqflow predict --run runs)",
+            "TorchScript (what vqflow predict --run --engine torch runs)",
             "onnxruntime": "OnnxInferencer(model.onnx).run(x): the exported detector, spinning threads (default)",
-            "onnxruntime_nospin": "the same graph, spin=False (idle threads sleep): what vqflow predict --onnx runs",
+            "onnxruntime_nospin": "the same graph, spin=False (idle threads sleep): what vqflow predict runs "
+            "(--onnx, and --run where onnxruntime is installed)",
             "images_per_second_best": "from the fastest round: the least disturbed by other processes",
             "foreign_cpu_cores": "mean CPU cores other processes kept busy meanwhile (/proc/stat less own use)",
             "fastflow": "anomalib FastflowModel.forward (eval: maps + scores at 256 px) on the same Lite0 module "
             "(pickled from this process; f1..f3), flows built by anomalib for its channels",
             "predict": "run_predict(model, [folder], out) in-process: read-ahead thread, model, writer thread "
-            "(heatmap PNG at input resolution, scores.csv); model loading excluded",
+            "(heatmap JPEG at input resolution, scores.csv); model loading excluded",
             "over_backbone_bN": "predict images/s / backbone-alone images/s at batch N, the backbone probed "
             "just before and just after that predict run",
             "over_backbone_bN_pooled": "predict images/s / the median of all backbone probes of the run",

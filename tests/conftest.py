@@ -10,6 +10,19 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def vqflow_cache(tmp_path_factory) -> Path:
+    """A fresh $VQFLOW_CACHE for the session (predict's cached ONNX exports), never the user's."""
+    old = os.environ.get("VQFLOW_CACHE")
+    path = tmp_path_factory.mktemp("vqflow_cache")
+    os.environ["VQFLOW_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VQFLOW_CACHE", None)
+    else:
+        os.environ["VQFLOW_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Two classes of synthetic textures in MVTec layout (tests/tiny_run.py)."""

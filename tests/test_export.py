@@ -108,7 +108,8 @@ def test_torch_free_inferencer_agrees_with_vqflow_predict(tiny_run, tiny_data, e
     assert r.returncode == 0, r.stderr[-2000:]
     onnx_rows = {Path(d["path"]).name + Path(d["path"]).parent.name: d for d in json.loads(r.stdout)}
     out = tmp_path / "torch"
-    assert main(["predict", "--run", str(tiny_run), *map(str, files), "--out", str(out), "--save-maps", "--quiet"]) == 0
+    args = ["predict", "--run", str(tiny_run), "--engine", "torch", *map(str, files), "--out", str(out)]
+    assert main([*args, "--save-maps", "--quiet"]) == 0
     with open(out / "scores.csv", newline="") as f:
         torch_rows = list(csv.DictReader(f))
     assert len(torch_rows) == 4
@@ -125,7 +126,7 @@ def test_torch_free_inferencer_agrees_with_vqflow_predict(tiny_run, tiny_data, e
 def test_predict_onnx_writes_the_same_outputs_as_torch(tiny_run, tiny_data, exported, tmp_path):
     inputs = str(tiny_data / "waves" / "test")
     outs = {}
-    for name, model in (("torch", ["--run", str(tiny_run)]), ("onnx", ["--onnx", str(exported)])):
+    for name, model in (("torch", ["--run", str(tiny_run), "--engine", "torch"]), ("onnx", ["--onnx", str(exported)])):
         outs[name] = tmp_path / name
         assert main(["predict", *model, inputs, "--out", str(outs[name]), "--save-maps", "--quiet"]) == 0
     rows = {}

@@ -41,7 +41,8 @@ def inputs(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def predicted(tiny_run, inputs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pred") / "out"
-    assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), "--save-maps", "--quiet"]) == 0
+    args = ["predict", "--run", str(tiny_run), "--engine", "torch", str(inputs), "--out", str(out)]
+    assert main([*args, "--save-maps", "--quiet"]) == 0
     return out
 
 
@@ -73,8 +74,10 @@ def test_heatmap_colour_bar_spans_the_calibrated_range(tiny_run, predicted):
     turbo = matplotlib.colormaps["turbo"]
     top = (np.array(turbo(1.0)[:3]) * 255).round()
     bottom = (np.array(turbo(0.0)[:3]) * 255).round()
-    assert (np.abs(strip[0] - top).sum(1) <= 3).any(), "the bar's top is the colour of the range's top"
-    assert (np.abs(strip[-1] - bottom).sum(1) <= 3).any()
+    assert r["heatmap"].endswith(".jpg") and Image.open(r["heatmap"]).format == "JPEG"
+    assert (np.abs(strip[0] - top).sum(1) <= 12).any(), "the bar's top is the colour of the range's top"
+    assert (np.abs(strip[-1] - bottom).sum(1) <= 12).any()
+    assert not (np.abs(strip[-1] - top).sum(1) <= 12).any(), "the bar's ends differ"
     lo, hi = cal.map_range
     assert hi > lo
 
@@ -160,7 +163,7 @@ def test_a_file_name_that_is_not_utf8_is_scored_and_written(tiny_run, inputs, tm
     assert main(["predict", "--run", str(tiny_run), str(src), "--out", str(out), "--quiet"]) == 0
     raw = (out / "scores.csv").read_bytes()
     assert b"caf\xe9.png" in raw
-    assert (out / "heatmaps" / os.fsdecode(b"caf\xe9.png")).is_file()
+    assert (out / "heatmaps" / os.fsdecode(b"caf\xe9.jpg")).is_file()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -176,3 +179,46 @@ def test_frozen_forward_equals_the_detectors_own(tiny_run, tiny_data, batch):
     np.testing.assert_allclose(score.numpy(), ref.score.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(amap.numpy(), ref.anomaly_map.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(concept.numpy(), ref.concept.numpy())
+
+
+def test_auto_engine_exports_once_into_the_cache_and_agrees_with_torch(
+    tiny_run, inputs, predicted, tmp_path, capsys, monkeypatch
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VQFLOW_CACHE", str(cache))
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), "--save-maps"]) == 0
+    err = capsys.readouterr().err
+    graphs = list(cache.glob("onnx/*/model.onnx"))
+    assert len(graphs) == 1 and graphs[0].with_suffix(".json").is_file()
+    assert err.count("exported the run once for onnxruntime") == 1, "the second predict reuses the cached graph"
+    assert not (tiny_run / "export").exists(), "the run folder is not written"
+    torch_rows = _rows(predicted)
+    for out in outs:
+        for name, r in _rows(out).items():
+            t = torch_rows[name]
+            assert r["verdict"] == t["verdict"] and r["concept"] == t["concept"]
+            assert float(r["score"]) == pytest.approx(float(t["score"]), rel=1e-4, abs=1e-6)
+            ma, mt = np.load(r["map"]), np.load(t["map"])
+            assert np.abs(ma - mt).max() <= 1e-4 * max(float(np.ptp(mt)), 1e-6)
+
+
+def test_auto_engine_falls_back_to_torch_when_the_export_cannot_be_written(
+    tiny_run, inputs, tmp_path, capsys, monkeypatch
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("VQFLOW_CACHE", str(blocker))
+    out = tmp_path / "out"
+    assert main(["predict", "--run", str(tiny_run), str(inputs / "square.png"), "--out", str(out)]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "predicting with torch" in warning[0]
+    assert _rows(out)["square.png"]["verdict"] in ("normal", "anomalous")
+    assert main(["predict", "--run", str(tiny_run), "--engine", "onnx", str(inputs), "--out", str(out)]) == 2
+
+
+def test_engine_onnx_refuses_a_gpu_device(tiny_run, inputs, tmp_path, capsys):
+    args = ["predict", "--run", str(tiny_run), "--engine", "onnx", "--device", "cuda", str(inputs)]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert "--engine torch" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import vqflow.report.plots as plots
 from vqflow.calibration import Calibration
 from vqflow.errors import VQFlowError
 from vqflow.metrics import compute_class_metrics, summarize
-from vqflow.report import ReportData, format_table, overlay, save_png, write_report
+from vqflow.report import ReportData, format_table, overlay, save_image, write_report
 from vqflow.report.decisions import format_score
 from vqflow.report.overlay import with_colorbar
 from vqflow.report.training import read_train_log
@@ -456,12 +456,22 @@ def test_overlay_colour_range_follows_vmin_vmax() -> None:
     assert not np.array_equal(own[0, 0], own[-1, -1])
 
 
-def test_save_png_round_trips(tmp_path: Path) -> None:
+def test_save_image_round_trips(tmp_path: Path) -> None:
     array = np.random.default_rng(0).integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
-    path = save_png(array, tmp_path / "sub" / "x.png")
+    path = save_image(array, tmp_path / "sub" / "x.png")
     np.testing.assert_array_equal(np.asarray(Image.open(path)), array)
     with pytest.raises(VQFlowError):
-        save_png(array.astype(np.float32), tmp_path / "y.png")
+        save_image(array.astype(np.float32), tmp_path / "y.png")
+    with pytest.raises(VQFlowError, match="must end in"):
+        save_image(array, tmp_path / "y.gif")
+
+
+def test_save_image_writes_jpeg_by_suffix_close_to_the_pixels(tmp_path: Path) -> None:
+    smooth = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)  # JPEG-friendly content
+    path = save_image(smooth, tmp_path / "x.jpg")
+    img = Image.open(path)
+    assert img.format == "JPEG" and img.size == (64, 64)
+    assert np.abs(np.asarray(img).astype(int) - smooth).mean() < 3
 
 
 def test_format_table_rows_and_missing_values() -> None:

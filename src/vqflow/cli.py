@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each raw float map as maps/NAME.npy (at the input's own resolution)",
     )
     p.add_argument("--no-heatmaps", action="store_true", help="write scores.csv only (fastest)")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="how --run's model runs: auto (default) = onnxruntime on the CPU where it is installed "
+        "(the run exported once into $VQFLOW_CACHE/onnx), torch otherwise",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     _common(p)
 
@@ -226,6 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         heatmaps=not args.no_heatmaps,
         save_maps=args.save_maps,
         onnx=args.onnx,
+        engine=args.engine,
     )
     failed = sum(1 for r in rows if r["error"])
     flagged = sum(1 for r in rows if r["verdict"] == "anomalous")

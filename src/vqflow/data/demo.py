@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vqflow.cache import cache_dir
 from vqflow.data import mvtec
 from vqflow.data.demo_defects import DEFECTS
 from vqflow.data.splits import Splits
@@ -41,12 +42,6 @@ TEXTURES = {
     "gravel": ("gravel", (0.95, 0.92, 0.85)),
     "tissue": ("immunohistochemistry", None),
 }
-
-
-def cache_dir() -> Path:
-    """$VQFLOW_CACHE, or ~/.cache/vqflow."""
-    env = os.environ.get("VQFLOW_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vqflow"
 
 
 def demo_root(cache: str | os.PathLike | None = None) -> Path:

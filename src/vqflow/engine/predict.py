@@ -1,8 +1,9 @@
 """Prediction on new images: score, verdict, heatmap (at the input's own resolution) per image.
 
-The model runs as a torch Detector (`--run`) or as an exported ONNX graph (`--onnx`); both
-feed the same pipeline: images are read ahead in a thread, outputs written behind in
-another, so that decoding and PNG encoding overlap the model.
+The model runs as an exported ONNX graph in onnxruntime (`--onnx FILE`, or a run's graph
+exported once into the cache: `--run` where onnxruntime is installed) or as the torch
+Detector (`--run --engine torch`); both feed the same pipeline: images are read ahead in a
+thread, outputs written behind in another, so that decoding and encoding overlap the model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -120,12 +122,12 @@ def _read_ahead(paths: list[Path], model: Model, pool: ThreadPoolExecutor, depth
 def _write(
     row: dict, rgb: np.ndarray, amap: np.ndarray, calibration: Calibration, heatmap: Path | None, raw: Path | None
 ) -> None:
-    """Heatmap PNG (calibrated colour range, colour bar) and raw .npy map of one image."""
+    """Heatmap JPEG (calibrated colour range, colour bar) and raw .npy map of one image."""
     if heatmap is not None:
-        from vqflow.report.overlay import overlay, save_png, with_colorbar
+        from vqflow.report.overlay import overlay, save_image, with_colorbar
 
         lo, hi = calibration.map_range
-        save_png(with_colorbar(overlay(rgb, amap, vmin=lo, vmax=hi), lo, hi), heatmap)
+        save_image(with_colorbar(overlay(rgb, amap, vmin=lo, vmax=hi), lo, hi), heatmap)
         row["heatmap"] = str(heatmap)
     if raw is not None:
         with atomic_path(raw) as tmp:
@@ -143,7 +145,7 @@ def run_predict(
     save_maps: bool = False,
     quiet: bool = False,
 ) -> list[dict]:
-    """Score images with `model`; write OUT/scores.csv, OUT/heatmaps/*.png and (save_maps)
+    """Score images with `model`; write OUT/scores.csv, OUT/heatmaps/*.jpg and (save_maps)
     OUT/maps/*.npy, maps at each input's own resolution. Each unreadable file is named on
     stderr and in its row; when no file could be read at all, VQFlowError."""
     out = Path(out)
@@ -201,7 +203,7 @@ def _score_into(
                         rgb,
                         resize_map(amap, w, h),
                         cal,
-                        out / "heatmaps" / f"{names[i]}.png" if heatmaps else None,
+                        out / "heatmaps" / f"{names[i]}.jpg" if heatmaps else None,
                         out / "maps" / f"{names[i]}.npy" if save_maps else None,
                     )
                 )
@@ -261,6 +263,47 @@ def onnx_model(path: str | Path, batch_size: int = 4) -> Model:
     return Model(inf.run, inf.input_size, inf.calibration, batch_size, mean=inf.sidecar.mean, std=inf.sidecar.std)
 
 
+ENGINES = ("auto", "onnx", "torch")
+
+
+def onnxruntime_available() -> bool:
+    """True where both the ONNX exporter (onnx) and onnxruntime import."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def run_model(run: str | Path, device: str = "auto", engine: str = "auto", quiet: bool = False) -> Model:
+    """A run folder's model for the pipeline. "auto": onnxruntime on the CPU where it is installed
+    (a graph exported once into the cache; 1.3-2x torch's speed on CPU, benchmarks/results/predict.md),
+    torch on a GPU or without onnxruntime, or when the export fails; "onnx" and "torch" force one."""
+    if engine not in ENGINES:
+        raise VQFlowError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "onnx" and device not in ("auto", "cpu"):
+        raise VQFlowError(f"--engine onnx runs on the CPU, not --device {device}; use --engine torch for a GPU")
+    if engine == "torch":
+        return torch_model(run, device)
+    if engine == "auto":
+        from vqflow.engine.build import resolve_device
+
+        if not onnxruntime_available() or resolve_device(device).type != "cpu":
+            return torch_model(run, device)
+    try:
+        from vqflow.export.onnx import cached_export
+
+        path, exported = cached_export(run)
+    except (VQFlowError, OSError) as e:
+        if engine == "onnx":
+            raise
+        warn(f"could not export the run for onnxruntime ({e}); predicting with torch")
+        return torch_model(run, device)
+    if exported and not quiet:
+        print(f"exported the run once for onnxruntime: {path} (--engine torch skips this)", file=sys.stderr)
+    model = onnx_model(path)
+    model.folder = Path(run)
+    return model
+
+
 def predict(
     run: str | Path | None,
     inputs: list[str],
@@ -271,15 +314,16 @@ def predict(
     heatmaps: bool = True,
     save_maps: bool = False,
     onnx: str | Path | None = None,
+    engine: str = "auto",
 ) -> list[dict]:
-    """Score images with a run's detector, or with an exported ONNX file (`onnx`); rows as in
-    OUT/scores.csv."""
+    """Score images with an exported ONNX file (`onnx`) or a run's model (`engine`: see
+    run_model); rows as in OUT/scores.csv."""
     if onnx is not None:
         model = onnx_model(onnx)
         if run is not None:
             model.folder = Path(run)
     elif run is not None:
-        model = torch_model(run, device)
+        model = run_model(run, device, engine, quiet)
     else:
         raise VQFlowError("predict needs --run DIR (a trained run) or --onnx FILE (an exported model)")
     return run_predict(model, inputs, out, threshold=threshold, heatmaps=heatmaps, save_maps=save_maps, quiet=quiet)

@@ -3,6 +3,7 @@ and check it against the torch module. Needs the `onnx` package (and onnxruntime
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from torch import nn
 
 from vqflow import __version__
 from vqflow.atomic import atomic_path, atomic_write_text
-from vqflow.engine.build import TrainedRun, load_run
+from vqflow.cache import cache_dir
+from vqflow.engine.build import TrainedRun, checkpoint_path, load_run
 from vqflow.errors import VQFlowError
 from vqflow.export.sidecar import INPUT_NAME, OUTPUT_NAMES, Sidecar, sidecar_path
 from vqflow.model.detector import Detector
@@ -82,6 +84,25 @@ def export_onnx(run: str | Path | TrainedRun, out: str | Path | None = None) -> 
     side = sidecar_path(path)
     atomic_write_text(side, _sidecar(tr).to_json())
     return path, side
+
+
+def cached_export(run: str | Path) -> tuple[Path, bool]:
+    """(path, exported now) of the run's ONNX graph in the cache, $VQFLOW_CACHE/onnx/<key>/model.onnx,
+    exported on first use. The key hashes the checkpoint's bytes with the vqflow, torch and opset
+    versions, so a refit run or an upgrade exports afresh and the run folder is never written."""
+    folder = Path(run)
+    ckpt = checkpoint_path(folder)
+    if not ckpt.is_file():
+        load_run(folder, "cpu")  # its own error: no run folder, fit not finished...
+    digest = hashlib.sha256(f"{__version__} {torch.__version__} {OPSET}".encode())
+    with open(ckpt, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    path = cache_dir() / "onnx" / digest.hexdigest()[:24] / "model.onnx"
+    if path.is_file() and sidecar_path(path).is_file():
+        return path, False
+    export_onnx(load_run(folder, "cpu"), path)
+    return path, True
 
 
 def _sidecar(tr: TrainedRun) -> Sidecar:

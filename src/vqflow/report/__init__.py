@@ -1,8 +1,8 @@
 """Heatmap overlays, plots and the self-contained report.html of an evaluation."""
 
 from vqflow.report.data import ReportData
-from vqflow.report.overlay import overlay, save_png
+from vqflow.report.overlay import overlay, save_image
 from vqflow.report.tables import format_table
 from vqflow.report.writer import write_report
 
-__all__ = ["ReportData", "format_table", "overlay", "save_png", "write_report"]
+__all__ = ["ReportData", "format_table", "overlay", "save_image", "write_report"]

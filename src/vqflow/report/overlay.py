@@ -121,12 +121,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def save_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write an (H, W) or (H, W, 3) uint8 array as a PNG (parent folders are created)."""
+def save_image(array: np.ndarray, path: str | Path) -> Path:
+    """Write an (H, W) or (H, W, 3) uint8 array as PNG or JPEG, by the path's suffix (parent
+    folders are created). PNG at zlib level 1; JPEG at quality 90 without chroma subsampling,
+    which keeps the colour bar's hues and encodes about 20x faster than that PNG."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
-        raise VQFlowError(f"save_png: {path}: need (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}")
+        raise VQFlowError(f"save_image: {path}: need (H, W) or (H, W, 3) uint8, got {array.shape} {array.dtype}")
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg"):
+        raise VQFlowError(f"save_image: {path}: the name must end in .png, .jpg or .jpeg")
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)  # fast; a heatmap per image
+        if suffix == ".png":
+            Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
+        else:
+            Image.fromarray(array).save(tmp, format="JPEG", quality=90, subsampling=0)
     return path
