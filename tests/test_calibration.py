@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqflow.calibration import Calibration, concept_thresholds
+from vqflow.calibration import Calibration, concept_thresholds, standardisation
 from vqflow.config import from_dict, preset, set_key
 from vqflow.errors import VQFlowError
 
@@ -61,3 +61,19 @@ def test_retired_key_is_ignored_in_saved_configs_and_refused_when_given():
     assert from_dict(saved).score.concept_prior == 20.0
     with pytest.raises(VQFlowError, match="retired; use score.concept_prior"):
         set_key(preset("fast"), "score.min_concept_images", 5)
+
+
+def test_standardisation_is_the_median_and_the_5_to_95_spread():
+    e = np.stack([np.arange(101.0), 10 * np.arange(101.0) + 3], 1)
+    center, scale = standardisation(np.random.default_rng(0).permutation(e))
+    assert center == pytest.approx([50.0, 503.0]) and scale == pytest.approx([90.0, 900.0])
+    cal = Calibration(score_center=center, score_scale=scale)
+    assert cal.combine([[140.0, 503.0]]) == pytest.approx([1.0])
+    assert Calibration().combine([[1.0, 2.0]]) == pytest.approx([3.0]), "uncalibrated: the plain sum"
+    again = Calibration.from_dict(cal.to_dict())
+    assert again.score_center == center and again.score_scale == scale
+
+
+def test_reference_preset_keeps_the_papers_image_score():
+    assert preset("reference").score.image_score == "map"
+    assert preset("fast").score.image_score == "combined"

@@ -246,3 +246,60 @@ def test_resize_bilinear_matches_interpolate_with_its_gradient(shape):
     (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_combined_image_score_is_local_and_global_evidence_standardised():
+    """Detector(image_score="combined"): evidence = (top-k of the blurred absolute NLL map, the
+    image's NLL per dimension), both recomputed here from the latents by other means (scipy's
+    blur, torch.distributions for the density); the score is their standardised sum."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from vqflow.calibration import Calibration, standardisation
+    from vqflow.model.detector import Detector
+
+    m = tiny().eval()
+    det = Detector(torch.nn.Identity(), m, topk=0.05, blur_sigma=1.5, image_score="combined").eval()
+    x = feats(5, gen=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pred = det.predict_features(x, (16, 16))
+        out = m(x)
+    maps = (
+        -sum(
+            F.interpolate(-0.5 * u.pow(2).mean(1, keepdim=True), size=(16, 16), mode="bilinear", align_corners=False)
+            for u in out.u
+        )[:, 0]
+        .double()
+        .numpy()
+    )
+    blurred = np.stack([gaussian_filter(a, 1.5, mode="mirror", truncate=4.0) for a in maps])
+    k = int(np.ceil(0.05 * 256))
+    local = np.sort(blurred.reshape(5, -1), 1)[:, -k:].mean(1)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    dims = sum(u[0].numel() for u in out.u)
+    nll = -(sum(normal.log_prob(u.double()).flatten(1).sum(1) for u in out.u) + out.logdet.double()) / dims
+    np.testing.assert_allclose(pred.evidence[:, 0].numpy(), local, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred.evidence[:, 1].numpy(), nll.numpy(), rtol=1e-5)
+    assert torch.allclose(pred.score, pred.evidence.sum(1)), "before calibration: the plain sum"
+
+    center, scale = standardisation(pred.evidence.numpy())
+    det.calibration = Calibration(score_center=center, score_scale=scale)
+    with torch.no_grad():
+        score = det.predict_features(x, (16, 16)).score.double().numpy()
+    expected = (
+        (pred.evidence.double().numpy() - np.median(pred.evidence.double().numpy(), 0)) / np.asarray(scale)
+    ).sum(1)
+    np.testing.assert_allclose(score, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(score, det.calibration.combine(pred.evidence.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_map_image_score_is_the_top_k_of_the_image_map():
+    from vqflow.model.detector import Detector
+
+    m = tiny().eval()
+    det = Detector(torch.nn.Identity(), m, topk=0.05, blur_sigma=1.0, image_score="map").eval()
+    x = feats(3, gen=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        pred = det.predict_features(x, (16, 16))
+        ref = score_batch(log_likelihood_maps(m(x).u, (16, 16)), "mul", "add", 0.05, 1.0)
+    assert torch.equal(pred.score, ref.score) and torch.equal(pred.anomaly_map, ref.pixel_map)

@@ -39,6 +39,16 @@ class ScoreStats:
         )
 
 
+def standardisation(evidence: Any) -> tuple[list[float], list[float]]:
+    """Per component of (N, K) image-score evidence from normals: (center, scale) = the median
+    and the spread between the 5% and 95% quantiles (robust to the odd outlier among a few
+    dozen held-out images)."""
+    e = np.asarray(evidence, dtype=np.float64)
+    lo, mid, hi = np.quantile(e, [0.05, 0.5, 0.95], axis=0)
+    scale = np.maximum(hi - lo, 1e-6 * np.maximum(np.abs(mid), 1.0))
+    return mid.tolist(), scale.tolist()
+
+
 def concept_offsets(scores: Any, concepts: Any, prior: float) -> tuple[float, dict[int, float]]:
     """The pooled median score and each concept's median, shrunk toward it with `prior` pseudo-images
     (a concept of n images keeps n / (n + prior) of its own offset)."""
@@ -77,6 +87,8 @@ class Calibration:
     `threshold` is the one for a concept that fit never saw.
     `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
     by the report and `vqflow predict` so that a colour means the same score in both.
+    `score_center` and `score_scale` standardise the image score's components (score.image_score
+    "combined"); empty: the score is their plain sum.
     """
 
     threshold: float = math.nan
@@ -87,6 +99,8 @@ class Calibration:
     map_range: tuple[float, float] = (0.0, 1.0)
     stats: ScoreStats | None = None
     concept_classes: dict[int, str] = field(default_factory=dict)  # concept -> majority class
+    score_center: list[float] = field(default_factory=list)
+    score_scale: list[float] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -96,6 +110,13 @@ class Calibration:
     def threshold_for(self, concept: int) -> float:
         """The concept's own threshold, or the global one for a concept fit never saw."""
         return float(self.concept_thresholds.get(int(concept), self.threshold))
+
+    def combine(self, evidence: Any) -> np.ndarray:
+        """Image scores (N,) from (N, K) evidence: Detector.standardised_sum in numpy."""
+        e = np.asarray(evidence, dtype=np.float64)
+        if not self.score_center:
+            return e.sum(1)
+        return ((e - np.asarray(self.score_center)) / np.asarray(self.score_scale)).sum(1)
 
     def verdict(self, score: float, concept: int, threshold: float | None = None) -> tuple[float, str]:
         """(threshold used, "anomalous" or "normal") for one image; `threshold` overrides the
@@ -109,6 +130,8 @@ class Calibration:
         d["concept_thresholds"] = {str(k): float(v) for k, v in self.concept_thresholds.items()}
         d["concept_classes"] = {str(k): v for k, v in self.concept_classes.items()}
         d["map_range"] = [float(v) for v in self.map_range]
+        d["score_center"] = [float(v) for v in self.score_center]
+        d["score_scale"] = [float(v) for v in self.score_scale]
         return d
 
     @classmethod
@@ -139,6 +162,8 @@ class Calibration:
                 map_range=(float(lo), float(hi)),
                 stats=ScoreStats(**stats) if stats else None,
                 concept_classes={int(k): str(v) for k, v in d.get("concept_classes", {}).items()},
+                score_center=[float(v) for v in d.get("score_center", [])],
+                score_scale=[float(v) for v in d.get("score_scale", [])],
             )
         except (KeyError, TypeError, ValueError) as e:
             raise VQFlowError(f"{where} is damaged ({type(e).__name__}: {e}); export or fit the run again") from None

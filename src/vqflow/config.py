@@ -73,7 +73,8 @@ class TrainConfig:
 class ScoreConfig:
     """How flow outputs become anomaly maps and image scores (METHOD.md section 6)."""
 
-    image_map: str = "mul"  # map whose top-k mean is the image score
+    image_score: str = "combined"  # "combined" (local top-k + image NLL, standardised) or "map" (the paper's)
+    image_map: str = "mul"  # map whose top-k mean is the image score under image_score=map
     pixel_map: str = "add"  # map used for pixel metrics and heatmaps
     topk: float = 0.03  # fraction of pixels averaged for the image score
     blur_sigma: float = 4.0  # Gaussian blur of the maps in pixels; 0 = off (reference)
@@ -100,6 +101,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vq_init": ("kmeans++", "reference"),
     "train.feature_cache": ("auto", "memory", "disk", "off"),
     "train.select": ("last", "val"),
+    "score.image_score": ("combined", "map"),
     "score.image_map": ("mul", "add", "nll"),
     "score.pixel_map": ("mul", "add", "nll"),
     "score.normalization": ("image", "train"),
@@ -139,6 +141,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.backbone": "convnextv2_base",
         "data.image_size": 384,
         "score.blur_sigma": 0.0,
+        "score.image_score": "map",
         "data.val_fraction": 0.0,
     },
     # CPU-sized: EfficientNet-Lite0 at 256 px, narrow condition and subnets, so that the

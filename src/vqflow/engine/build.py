@@ -78,6 +78,9 @@ def build_detector(
 ) -> Detector:
     """The inference module of `cfg.score` over a backbone and a head."""
     s = cfg.score
+    image_score = s.image_score
+    if calibration is not None and calibration.ready and not calibration.score_center:
+        image_score = "map"  # calibrated before score.image_score existed: its thresholds are on the map's score
     return Detector(
         backbone,
         head,
@@ -86,6 +89,7 @@ def build_detector(
         topk=s.topk,
         blur_sigma=s.blur_sigma,
         normalization=s.normalization,
+        image_score=image_score,
         calibration=calibration,
     )
 

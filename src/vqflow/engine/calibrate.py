@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from vqflow.calibration import Calibration, ScoreStats, concept_thresholds
+from vqflow.calibration import Calibration, ScoreStats, concept_thresholds, standardisation
 from vqflow.engine.features import FeatureSource
 from vqflow.model.detector import Detector
 
@@ -24,14 +24,15 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
 
 
 def _predict(det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device):
-    scores, concepts, pixels = [], [], []
+    """(image-score evidence (N, K), concepts (N,), a sample of pixel-map values)."""
+    evidence, concepts, pixels = [], [], []
     with torch.no_grad():
         for idx in torch.arange(len(src)).split(batch_size):
             pred = det.predict_features(src.get(idx, device), size)
-            scores.append(pred.score.cpu())
+            evidence.append(pred.evidence.cpu())
             concepts.append(pred.concept.cpu())
             pixels.append(pred.anomaly_map[:, ::8, ::8].flatten().cpu())
-    return torch.cat(scores).double().numpy(), torch.cat(concepts).numpy(), torch.cat(pixels).double().numpy()
+    return torch.cat(evidence).double().numpy(), torch.cat(concepts).numpy(), torch.cat(pixels).double().numpy()
 
 
 def calibrate(
@@ -45,7 +46,8 @@ def calibrate(
     batch_size: int,
     device: torch.device,
 ) -> Calibration:
-    """Set and return `det.calibration`: each concept's typical score from the training normals,
+    """Set and return `det.calibration`: the image score's standardisation (score.image_score
+    "combined") from the held-out normals, each concept's typical score from the training normals,
     the margin above it from the held-out normals (training normals, which the model has seen,
     when none are held out: thresholds then run low, and `source` says so); see
     calibration.concept_thresholds. `train_classes` (one per training record) name each
@@ -58,11 +60,14 @@ def calibrate(
             ll = [det.log_likelihood(train_src.get(i, device), size)[0].cpu() for i in pick.split(batch_size)]
         stats = ScoreStats.from_loglik(torch.cat(ll))
     det.calibration = Calibration(stats=stats)
-    train_score, train_concepts, train_pix = _predict(det, train_src, size, batch_size, device)
+    train_ev, train_concepts, train_pix = _predict(det, train_src, size, batch_size, device)
     held_out = val_src is not None and len(val_src) > 0
-    score, concept, pix = (
-        _predict(det, val_src, size, batch_size, device) if held_out else (train_score, train_concepts, train_pix)
+    ev, concept, pix = (
+        _predict(det, val_src, size, batch_size, device) if held_out else (train_ev, train_concepts, train_pix)
     )
+    center, scale = standardisation(ev) if det.image_score == "combined" else ([], [])
+    standard = Calibration(score_center=center, score_scale=scale)
+    train_score, score = standard.combine(train_ev), standard.combine(ev)
     threshold, per_concept = concept_thresholds(train_score, train_concepts, score, concept, quantile, concept_prior)
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):
@@ -78,5 +83,7 @@ def calibrate(
         map_range=(float(np.median(pix)), float(np.quantile(pix, 0.9999))),
         stats=stats,
         concept_classes=majority,
+        score_center=center,
+        score_scale=scale,
     )
     return det.calibration

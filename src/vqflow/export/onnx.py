@@ -117,6 +117,7 @@ def _sidecar(tr: TrainedRun) -> Sidecar:
             "backbone": tr.cfg.model.backbone,
             "epoch": tr.payload.get("chosen_epoch", tr.payload.get("epoch")),
             "score": {
+                "image_score": tr.detector.image_score,
                 "image_map": s.image_map,
                 "pixel_map": s.pixel_map,
                 "topk": s.topk,

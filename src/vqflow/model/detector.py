@@ -16,10 +16,11 @@ from torch import nn
 from vqflow.calibration import Calibration
 from vqflow.errors import VQFlowError
 from vqflow.model.layers import pool_features
-from vqflow.model.scores import log_likelihood_maps, score_batch
-from vqflow.model.vqflow import VQFlow
+from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, score_map, topk_mean
+from vqflow.model.vqflow import VQFlow, nll_per_dim
 
 MAPS = ("mul", "add", "nll")
+IMAGE_SCORES = ("combined", "map")
 
 
 @dataclass
@@ -30,16 +31,23 @@ class Prediction:
     anomaly_map: torch.Tensor  # (B, H, W) pixel anomaly map
     concept: torch.Tensor  # (B,) long: the learned concept (CPC code) of each image
     codes: dict[str, torch.Tensor] = field(default_factory=dict)  # codebook level -> code indices
+    evidence: torch.Tensor | None = None  # (B, K) the image score's components before standardisation
 
 
 class Detector(nn.Module):
     """Frozen backbone + VQ-Flow head + scoring, with its calibration as state.
 
     images: (B, 3, H, W), ImageNet-normalised, at the size the head was trained on.
-    Scoring (METHOD.md 6): the image score is the top-`topk` mean of the `image_map`; the
-    pixel map is `pixel_map`; both blurred by `blur_sigma` px; `normalization` "image" makes
-    maps relative to each image's most normal pixel, "train" standardises them by the
-    training-normal statistics held in `calibration.stats`.
+    Scoring (METHOD.md 6): the pixel map is `pixel_map`, blurred by `blur_sigma` px;
+    `normalization` "image" makes maps relative to each image's most normal pixel, "train"
+    standardises them by the training-normal statistics held in `calibration.stats`.
+    The image score (`image_score`):
+    - "map", the paper's: the top-`topk` mean of the `image_map`;
+    - "combined": local and global evidence, the top-`topk` mean of the absolute NLL map
+      and the image's NLL per dimension under the flow, each standardised by the held-out
+      normals (`calibration.score_center`, `score_scale`) and summed. A relative map
+      discards what differs most between a normal image and one unlikely everywhere
+      (benchmarks/results/image_score_*.md).
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class Detector(nn.Module):
         topk: float = 0.03,
         blur_sigma: float = 0.0,
         normalization: str = "image",
+        image_score: str = "map",
         calibration: Calibration | None = None,
     ):
         super().__init__()
@@ -59,9 +68,11 @@ class Detector(nn.Module):
             raise VQFlowError(f"score maps must be among {', '.join(MAPS)}, got {image_map!r} and {pixel_map!r}")
         if normalization not in ("image", "train"):
             raise VQFlowError(f"score normalization must be 'image' or 'train', got {normalization!r}")
+        if image_score not in IMAGE_SCORES:
+            raise VQFlowError(f"the image score must be one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
         self.backbone, self.head = backbone, head
         self.image_map, self.pixel_map, self.topk, self.blur_sigma = image_map, pixel_map, topk, blur_sigma
-        self.normalization = normalization
+        self.normalization, self.image_score = normalization, image_score
         self.calibration = calibration or Calibration()
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -78,14 +89,34 @@ class Detector(nn.Module):
 
     def predict_features(self, feats: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
         """Prediction from pooled features (the head must be in eval mode)."""
-        loglik, codes, concept = self.log_likelihood(feats, size)
+        out = self.head(feats)
+        loglik = log_likelihood_maps(out.u, size)
         stats = None
         if self.normalization == "train":
             stats = self.calibration.stats
             if stats is None:
                 raise VQFlowError("score.normalization=train needs training statistics; calibrate the detector first")
-        scored = score_batch(loglik, self.image_map, self.pixel_map, self.topk, self.blur_sigma, stats)
-        return Prediction(scored.score, scored.pixel_map, concept, codes)
+        pixel = score_map(loglik, self.pixel_map, self.blur_sigma, stats)
+        if self.image_score == "map":
+            img = (
+                pixel if self.image_map == self.pixel_map else score_map(loglik, self.image_map, self.blur_sigma, stats)
+            )
+            evidence = topk_mean(img, self.topk)[:, None]
+        else:
+            local = topk_mean(absolute_nll_map(loglik, self.blur_sigma), self.topk)
+            evidence = torch.stack([local, nll_per_dim(out).to(local.dtype)], 1)
+        return Prediction(self.standardised_sum(evidence), pixel, out.concept, out.codes, evidence)
+
+    def standardised_sum(self, evidence: torch.Tensor) -> torch.Tensor:
+        """The image score from its components (B, K): sum_k (e_k - center_k) / scale_k with the
+        calibration's held-out statistics (calibration.combine is the same in numpy); the plain
+        sum before calibration."""
+        cal = self.calibration
+        if not cal.score_center:
+            return evidence.sum(1)
+        center = torch.tensor(cal.score_center, dtype=evidence.dtype, device=evidence.device)
+        scale = torch.tensor(cal.score_scale, dtype=evidence.dtype, device=evidence.device)
+        return ((evidence - center) / scale).sum(1)
 
     def forward(self, images: torch.Tensor) -> Prediction:
         return self.predict_features(self.features(images), (int(images.shape[-2]), int(images.shape[-1])))

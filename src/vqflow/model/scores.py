@@ -102,6 +102,22 @@ class Scored:
     pixel_map: torch.Tensor  # (B, H, W)
 
 
+MAP_BUILDERS = {"mul": mul_map, "add": add_map, "nll": nll_map}
+
+
+def score_map(
+    loglik: torch.Tensor, kind: str, blur_sigma: float = 0.0, stats: ScoreStats | None = None
+) -> torch.Tensor:
+    """One of the maps ("mul", "add", "nll") of (B, S, H, W) log-likelihoods, blurred: (B, H, W)."""
+    return gaussian_blur(MAP_BUILDERS[kind](loglik, stats), blur_sigma)
+
+
+def absolute_nll_map(loglik: torch.Tensor, blur_sigma: float = 0.0) -> torch.Tensor:
+    """-M = -sum_s l_s per pixel, blurred: the NLL map without any per-image reference, so that
+    an image that is unlikely everywhere keeps its high values (the relative maps subtract them)."""
+    return gaussian_blur(-loglik.sum(1), blur_sigma)
+
+
 def score_batch(
     loglik: torch.Tensor,
     image_map: str = "mul",
@@ -111,7 +127,6 @@ def score_batch(
     stats: ScoreStats | None = None,
 ) -> Scored:
     """Image score (top-k mean of `image_map`) and the pixel map, optionally blurred."""
-    builders = {"mul": mul_map, "add": add_map, "nll": nll_map}
-    img = gaussian_blur(builders[image_map](loglik, stats), blur_sigma)
-    pix = img if pixel_map == image_map else gaussian_blur(builders[pixel_map](loglik, stats), blur_sigma)
+    img = score_map(loglik, image_map, blur_sigma, stats)
+    pix = img if pixel_map == image_map else score_map(loglik, pixel_map, blur_sigma, stats)
     return Scored(topk_mean(img, topk), pix)

@@ -1,0 +1,244 @@
+"""Which image score separates normal from defective images best, and holds verdicts per class?
+
+    # choose on development data: the calibration benchmark's dev draw of the demo generator,
+    # and Fashion-MNIST training images that its fmnist runs did not train on (build_fmnist_dev)
+    python benchmarks/image_score.py --runs runs/calibration/run_dev_s{0,1,2} --name dev
+    python benchmarks/image_score.py --runs runs/calibration/run_fmnist_s{0,1,2} --name fmnist_dev \
+        --test-data folder:runs/calibration/data_fmnist_dev/fmnist
+    # report on the test splits
+    python benchmarks/image_score.py --runs runs/ablations/demo/ours_s{0,1,2} --name demo
+    python benchmarks/image_score.py --runs runs/calibration/run_fmnist_s{0,1,2} --name fmnist
+
+For each trained run, the detector's evidence is collected once per image (training normals,
+held-out normals, test images; cached in WORKDIR) and every candidate image score is built from it:
+
+- rel: today's score, the top-k mean of the blurred per-image relative map (max M - M);
+- abs_topk / abs_mean: the top-k mean / the mean of the blurred absolute NLL map -M;
+- nll: the image's exact NLL per dimension (latents and log-determinant), the flow's likelihood;
+- gdist: how far the global vector lies from its concept prototype, |y - y_hat|;
+- sums of components, each standardised by the held-out normals (median, and the spread
+  between their 5% and 95% quantiles); no test label enters any score.
+
+Out: image AUROC per class (mean over classes and its per-seed values), and at the
+calibrated thresholds (calibration.concept_thresholds, the quantile of score.threshold_quantile)
+the worst class's false-alarm rate and the share of defects caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist")
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "rel": ("rel",),
+    "abs_topk": ("abs_topk",),
+    "abs_mean": ("abs_mean",),
+    "nll": ("nll",),
+    "gdist": ("gdist",),
+    "rel+abs_topk": ("rel", "abs_topk"),
+    "rel+abs_mean": ("rel", "abs_mean"),
+    "rel+nll": ("rel", "nll"),
+    "rel+gdist": ("rel", "gdist"),
+    "abs_topk+abs_mean": ("abs_topk", "abs_mean"),
+    "abs_topk+nll": ("abs_topk", "nll"),
+    "rel+abs_mean+gdist": ("rel", "abs_mean", "gdist"),
+    "rel+nll+gdist": ("rel", "nll", "gdist"),
+    "abs_topk+nll+gdist": ("abs_topk", "nll", "gdist"),
+    "max(rel,abs_mean)": ("max", "rel", "abs_mean"),
+    "max(rel,nll)": ("max", "rel", "nll"),
+    "max(abs_topk,abs_mean)": ("max", "abs_topk", "abs_mean"),
+    "max(abs_topk,nll)": ("max", "abs_topk", "nll"),
+}
+
+
+def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per part (train, val, test): every component, concept, class, label; cached as JSON.
+    `test_data`: a data spec whose test split replaces the run's own (development data)."""
+    tag = "" if test_data is None else "_" + "".join(ch if ch.isalnum() else "_" for ch in test_data)[-40:]
+    cache = workdir / f"{run.name}{tag}_evidence.json"
+    if cache.exists():
+        raw = json.loads(cache.read_text())
+        return {part: {k: np.asarray(v) for k, v in d.items()} for part, d in raw.items()}
+    from torch.utils.data import DataLoader
+
+    from vqflow.data import ImageDataset, load_data
+    from vqflow.data.sample import collate
+    from vqflow.engine.build import load_run
+    from vqflow.engine.fit import split_validation
+    from vqflow.model.scores import gaussian_blur, log_likelihood_maps, score_batch, topk_mean
+    from vqflow.model.vqflow import nll_per_dim
+
+    tr = load_run(run, "cpu")
+    cfg, det = tr.cfg, tr.detector
+    size = (cfg.data.image_size, cfg.data.image_size)
+    splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
+    train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
+    test = splits.test if test_data is None else load_data([test_data], None, None).test
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for part, recs in (("train", train), ("val", val), ("test", test)):
+        rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "concept", "cls", "label")}
+        loader = DataLoader(ImageDataset(recs, cfg.data.image_size), batch_size=16, collate_fn=collate)
+        with torch.no_grad():
+            for batch in loader:
+                feats = det.features(batch.image)
+                head = det.head(feats)
+                y, y_hat, concept, _ = det.head._concept(feats[3])
+                loglik = log_likelihood_maps(head.u, size)
+                rel = score_batch(loglik, det.image_map, det.pixel_map, det.topk, det.blur_sigma).score
+                neg = gaussian_blur(-loglik.sum(1), det.blur_sigma)
+                rows["rel"] += rel.tolist()
+                rows["abs_topk"] += topk_mean(neg, det.topk).tolist()
+                rows["abs_mean"] += neg.flatten(1).mean(1).tolist()
+                rows["nll"] += nll_per_dim(head).tolist()
+                rows["gdist"] += (y - y_hat).norm(dim=1).tolist()
+                rows["concept"] += concept.tolist()
+                rows["cls"] += [_group(p, c) for p, c in zip(batch.path, batch.cls)]
+                rows["label"] += batch.label.tolist()
+        out[part] = {k: np.asarray(v) for k, v in rows.items()}
+        print(f"  {run.name} {part}: {len(recs)} images", flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({p: {k: v.tolist() for k, v in d.items()} for p, d in out.items()}))
+    return out
+
+
+def build_fmnist_dev(train_dir: Path, root: Path, per_class: int = 300, seed: int = 7) -> None:
+    """Development data for Fashion-MNIST: `per_class` images of each garment from the training
+    split that the runs did not train on (train_dir holds their files, <garment>_<index>.png),
+    garments 0-4 as test/good and 5-9 as anomalies, in benchmarks/calibration.py's one-folder layout."""
+    from PIL import Image
+
+    import calibration
+
+    used = {int(p.stem.split("_")[1]) for p in train_dir.iterdir()}
+    base = Path(calibration.FMNIST)
+    images = calibration._idx(base / "train-images-idx3-ubyte.gz")
+    labels = calibration._idx(base / "train-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    for g, name in enumerate(calibration.GARMENTS):
+        pool = np.array([i for i in np.flatnonzero(labels == g) if i not in used])
+        folder = root / "fmnist" / "test" / ("good" if g < 5 else name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in rng.choice(pool, per_class, replace=False):
+            Image.fromarray(images[i]).save(folder / f"{name}_{i:05d}.png")
+    (root / "fmnist" / "train" / "good").mkdir(parents=True, exist_ok=True)  # the loader wants one
+    Image.fromarray(images[0]).save(root / "fmnist" / "train" / "good" / "unused_00000.png")
+
+
+def _group(path: str, cls: str) -> str:
+    """Fashion-MNIST's one class folder: the garment from the file name; else the class."""
+    return Path(path).stem.split("_")[0] if cls == "fmnist" else cls
+
+
+def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The candidate's score per part: its components standardised by the held-out normals, then
+    summed (or, for ("max", ...), their maximum)."""
+    ref = ev["val"] if len(ev["val"]["rel"]) else ev["train"]
+    use_max = parts[0] == "max"
+    out = {}
+    for part, d in ev.items():
+        z = []
+        for c in parts[1:] if use_max else parts:
+            lo, mid, hi = np.quantile(ref[c], [0.05, 0.5, 0.95])
+            z.append((d[c] - mid) / max(hi - lo, 1e-12))
+        out[part] = np.max(z, 0) if use_max else np.sum(z, 0)
+    return out
+
+
+def judge(ev: dict[str, dict[str, np.ndarray]], score: dict[str, np.ndarray], quantile: float, prior: float) -> dict:
+    """Image AUROC per class, and per-class false alarms / defects caught at the calibrated thresholds."""
+    from sklearn.metrics import roc_auc_score
+
+    from vqflow.calibration import concept_thresholds
+
+    tr, va, te = ev["train"], ev["val"], ev["test"]
+    val_score, val_concept = (score["val"], va["concept"]) if len(va["rel"]) else (score["train"], tr["concept"])
+    glob, per = concept_thresholds(score["train"], tr["concept"], val_score, val_concept, quantile, prior)
+    thr = np.array([per.get(int(c), glob) for c in te["concept"]])
+    flagged = score["test"] > thr
+    auroc, fa = {}, {}
+    for cls in sorted(set(te["cls"][te["label"] == 0])):
+        normal = (te["cls"] == cls) & (te["label"] == 0)
+        fa[cls] = float(flagged[normal].mean())
+        members = te["cls"] == cls
+        if len(set(te["label"][members])) == 2:
+            auroc[cls] = float(roc_auc_score(te["label"][members], score["test"][members]))
+    if not auroc:  # Fashion-MNIST: one normal pool, anomalies are the other garments
+        auroc["all"] = float(roc_auc_score(te["label"], score["test"]))
+    bad = te["label"] == 1
+    return {
+        "auroc": 100 * float(np.mean(list(auroc.values()))),
+        "auroc_per_class": {k: round(100 * v, 1) for k, v in auroc.items()},
+        "worst_false_alarms": 100 * max(fa.values()),
+        "false_alarms_per_class": {k: round(100 * v, 1) for k, v in fa.items()},
+        "caught": 100 * float(flagged[bad].mean()),
+    }
+
+
+def spread(values: list[float]) -> str:
+    return f"{np.mean(values):.1f} ({min(values):.1f}..{max(values):.1f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="+", type=Path, required=True, help="trained run folders (one per seed)")
+    ap.add_argument("--name", required=True, help="name of the data set, for the results file")
+    ap.add_argument("--workdir", type=Path, default=Path("runs/image_score"), help="evidence cache")
+    ap.add_argument("--test-data", help="a data spec whose test split replaces the runs' own (development data)")
+    ap.add_argument(
+        "--build-fmnist-dev",
+        nargs=2,
+        type=Path,
+        metavar=("TRAIN_DIR", "OUT"),
+        help="first write the Fashion-MNIST development set (build_fmnist_dev) from a run's training folder",
+    )
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--quantile", type=float, default=0.99)
+    ap.add_argument("--prior", type=float, default=20.0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    if args.build_fmnist_dev and not args.build_fmnist_dev[1].exists():
+        build_fmnist_dev(*args.build_fmnist_dev)
+    per_run = {run.name: evidence(run, args.workdir, args.test_data) for run in args.runs}
+    table = {}
+    for name, parts in CANDIDATES.items():
+        judged = [judge(ev, combined(ev, parts), args.quantile, args.prior) for ev in per_run.values()]
+        table[name] = {
+            "per_run": judged,
+            "auroc": spread([j["auroc"] for j in judged]),
+            "worst_false_alarms": spread([j["worst_false_alarms"] for j in judged]),
+            "caught": spread([j["caught"] for j in judged]),
+        }
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    lines = [
+        f"# Image scores on {args.name} (benchmarks/image_score.py)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  ",
+        f"Machine: {platform.platform()}, torch {torch.__version__}  ",
+        f"Runs (one per seed): {', '.join(str(r) for r in args.runs)}  ",
+        f"Thresholds: calibration.concept_thresholds, quantile {args.quantile}, prior {args.prior}",
+        "",
+        "Mean (min..max) over the runs, in %:",
+        "",
+        "| score | image AUROC (class mean) | worst class false alarms | defects caught |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['auroc']} | {v['worst_false_alarms']} | {v['caught']} |" for k, v in table.items()]
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"image_score_{args.name}.md").write_text("\n".join(lines) + "\n")
+    (args.results / f"image_score_{args.name}.json").write_text(
+        json.dumps({"command": command, "runs": [str(r) for r in args.runs], "table": table}, indent=1)
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
