@@ -267,6 +267,11 @@ def test_catch_rate_per_defect_type_matches_an_independent_count(built, tmp_path
         rows += 1
     kinds = {(c, p.split("/")[-2]) for c, p, y in zip(data.classes, data.paths, data.labels) if y}
     assert rows and section.count("data-defect=") == len(kinds) > 3
+    table = section[section.index('<table class="defects"') :]
+    table = table[: table.index("</table>")]
+    for name in {c for c, _ in kinds}:
+        n = sum(1 for c, _ in kinds if c == name)
+        assert table.count(f'rowspan="{n}">{name}</th>') == 1, "each class named once, spanning its defect types"
     plain = make_data(mvtec_paths=False)
     plain.calibration = _calibration()
     other = _section(write_report(tmp_path, plain).read_text(encoding="utf-8"), "decisions")

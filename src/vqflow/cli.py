@@ -289,7 +289,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fit(cfg, out, resume=resume, quiet=args.quiet)
     metrics = evaluate(out, device=args.device or "auto", quiet=args.quiet)
     _print_metrics(metrics)
-    print(f"report: {(out / 'report.html').resolve()}")
+    if args.quiet:  # otherwise evaluate has said where the report is
+        print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
 

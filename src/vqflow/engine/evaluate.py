@@ -171,7 +171,7 @@ def evaluate(run: str | Path, device: str = "auto", quiet: bool = False, report:
             if flag["signum"] is not None:
                 raise EvaluationInterrupted(flag["signum"], f"the new test outputs in {folder} are complete")
     if report:
-        say(f"report: {folder / 'report.html'}", quiet)
+        say(f"report: {(folder / 'report.html').resolve()}", quiet)
     return metrics
 
 

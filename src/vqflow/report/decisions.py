@@ -149,13 +149,21 @@ def outcome_table_html(rows: list[Outcome]) -> str:
 
 
 def catch_table_html(rows: list[tuple]) -> str:
-    """Catch rate per (class, defect type): defective images flagged anomalous."""
-    body = "".join(
-        f'<tr data-class="{html.escape(cls)}" data-defect="{html.escape(kind)}"><th scope="row">{html.escape(cls)}</th>'
-        f'<td>{html.escape(kind)}</td><td class="num">{n}</td><td class="num">{caught}</td>'
-        f'<td class="num">{format_rate(caught, n)}</td></tr>'
-        for cls, kind, n, caught in rows
-    )
+    """Catch rate per (class, defect type): defective images flagged anomalous. Each class is
+    named once, in a cell spanning its defect types' rows."""
+    span = {cls: sum(1 for r in rows if r[0] == cls) for cls, *_ in rows}
+    body, named = [], set()
+    for cls, kind, n, caught in rows:
+        head = ""
+        if cls not in named:
+            named.add(cls)
+            head = f'<th scope="rowgroup" rowspan="{span[cls]}">{html.escape(cls)}</th>'
+        body.append(
+            f'<tr data-class="{html.escape(cls)}" data-defect="{html.escape(kind)}">{head}'
+            f'<td>{html.escape(kind)}</td><td class="num">{n}</td><td class="num">{caught}</td>'
+            f'<td class="num">{format_rate(caught, n)}</td></tr>'
+        )
+    body = "".join(body)
     head = "<th>class</th><th>defect type</th><th>defective images</th><th>caught</th><th>catch rate</th>"
     return f'<table class="defects"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
