@@ -31,6 +31,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_quantization": ["model.quantize=false"],
     "cap_patterns": ["model.concept_patterns=false"],
     "single_gaussian": ["model.latent=single"],
+    "no_fusion": ["model.fusion=false"],
     "kcp_1": ["model.num_concepts=1"],
     "kcp_4": ["model.num_concepts=4"],
     "kcp_8": ["model.num_concepts=8"],

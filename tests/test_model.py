@@ -37,6 +37,7 @@ def tiny(**kw) -> VQFlow:
         {"latent": "single"},
         {"latent_logdet": False},
         {"vq_init": "reference"},
+        {"fusion": False},
     ],
 )
 def test_forward_shapes_every_switch(switch):
@@ -44,9 +45,34 @@ def test_forward_shapes_every_switch(switch):
     out = m(feats(3))
     assert [tuple(u.shape) for u in out.u] == [(3, 4, 8, 8), (3, 6, 4, 4), (3, 8, 2, 2)]
     assert out.logdet.shape == (3,) and out.concept.shape == (3,)
-    assert torch.isfinite(vqflow_loss(out))
+    loss = vqflow_loss(out)
+    assert torch.isfinite(loss)
     levels = set(out.codes)
-    assert levels == (set() if switch.get("quantize") is False else {"cpc", "cspc1", "cspc2", "cspc3", "cspc4"})
+    expected = {"cpc", "cspc1", "cspc2", "cspc3"} | (set() if switch.get("fusion") is False else {"cspc4"})
+    assert levels == (set() if switch.get("quantize") is False else expected)
+    loss.backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None and not n.startswith(("cpc", "cspc"))]
+    assert not unused, f"parameters the loss never reaches: {unused}"
+
+
+def test_without_fusion_the_latents_are_the_flows_outputs_and_the_log_det_is_exact():
+    """fusion=False: u_s is the scale's own flow output (through the concept-aware latent) and the
+    log-det is the Jacobian of the whole map, checked by autograd on a tiny input."""
+    m = tiny(fusion=False, quantize=False).eval().double()
+    x = [f.double() for f in feats(1, sizes=(2, 2, 1, 1), gen=torch.Generator().manual_seed(1))]
+    flat = torch.cat([f.flatten() for f in x[:3]])
+
+    def latents(v: torch.Tensor) -> torch.Tensor:
+        parts, start = [], 0
+        for f in x[:3]:
+            parts.append(v[start : start + f.numel()].view_as(f))
+            start += f.numel()
+        return torch.cat([u.flatten() for u in m([*parts, x[3]]).u])
+
+    jac = torch.autograd.functional.jacobian(latents, flat)
+    with torch.no_grad():
+        logdet = m(x).logdet
+    assert float(logdet) == pytest.approx(float(torch.linalg.slogdet(jac).logabsdet), rel=1e-6, abs=1e-6)
 
 
 def test_fast_preset_shapes_match_lite0_at_256():

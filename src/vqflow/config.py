@@ -49,6 +49,7 @@ class ModelConfig:
     vq_init: str = "kmeans++"  # or "reference" (randn codes, zero cluster sizes)
     vq_decay: float = 0.99
     commitment_weight: float = 1.0
+    fusion: bool = True  # False: no fusion flow across scales (ablation)
 
 
 @dataclass

@@ -53,9 +53,12 @@ class VQFlow(nn.Module):
         latent_logdet: bool = True,
         vq_init: str = "kmeans++",
         vq_decay: float = 0.99,
+        fusion: bool = True,
     ):
         """feature_channels: channels of f1..f4; the rest are METHOD.md's sizes and the
-        ablation switches (quantize, concept_patterns, latent, latent_logdet, vq_init)."""
+        ablation switches (quantize, concept_patterns, latent, latent_logdet, vq_init, fusion:
+        False scores each scale's latent as it leaves its own flow, with no cross-scale flow and
+        no fourth pattern level)."""
         super().__init__()
         if len(flow_blocks) != LEVELS:
             raise VQFlowError(f"model.flow_blocks needs {LEVELS} block counts, got {list(flow_blocks)}")
@@ -65,6 +68,8 @@ class VQFlow(nn.Module):
             raise VQFlowError(f"model.latent must be 'concept' or 'single', got {latent!r}")
         self.pos_dim, self.quantize, self.concept_patterns = pos_dim, quantize, concept_patterns
         self.latent, self.latent_logdet, self.vq_init = latent, latent_logdet, vq_init
+        self.fuse = fusion
+        levels = LEVELS + 1 if fusion else LEVELS  # pattern levels: the fourth conditions the fusion
         self.feature_channels = tuple(int(c) for c in feature_channels)
         c1, c2, c3, c4 = feature_channels
         self.flow_channels = (c1, c2, c3)
@@ -75,14 +80,17 @@ class VQFlow(nn.Module):
         # Without codebooks a flow's condition must not depend on the flow's own input h_s (the
         # log-det would miss that path): levels 1-3 then take no FeatureMLP (METHOD.md 2, no-VQ).
         self.feature_mlps = nn.ModuleList(
-            [FeatureMLP(c, dp) if quantize or s == LEVELS else nn.Identity() for s, c in enumerate(feature_channels)]
+            [
+                FeatureMLP(c, dp) if (quantize and s < LEVELS) or (s == LEVELS and fusion) else nn.Identity()
+                for s, c in enumerate(feature_channels)
+            ]
         )
         self.upsample_convs = nn.ModuleList([nn.Conv2d(dp, dp, 1) for _ in range(LEVELS)])
         vq = dict(decay=vq_decay, init=vq_init)
         # CAP quantizes h' directly, ours the residual against the anchor: both D + P wide.
         if quantize:
             self.cpc = VectorQuantizer(num_concepts, d, **vq)
-            self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, dp, **vq) for _ in range(LEVELS + 1)])
+            self.cspc = nn.ModuleList([VectorQuantizer(num_patterns, dp, **vq) for _ in range(levels)])
         cond = dp + d
         self.flows = nn.ModuleList(
             [
@@ -98,7 +106,8 @@ class VQFlow(nn.Module):
                 nn.init.zeros_(head.bias)
             for head in self.latent_scale:  # softplus(b) + eps = 1 at start
                 nn.init.constant_(head.bias, math.log(math.expm1(1.0 - 1e-3)))
-        self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
+        if fusion:
+            self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
         self.lookup_condition = True  # False: convolve the dense condition at inference too (tests, timing)
 
@@ -149,7 +158,7 @@ class VQFlow(nn.Module):
         # Without autograd the flows' conditions stay quantized: their convolutions become lookups.
         lookup = self.lookup_condition and self.quantize and self.concept_patterns and not torch.is_grad_enabled()
         conds: list[torch.Tensor | QuantizedCondition] = []
-        for s in range(LEVELS + 1):
+        for s in range(LEVELS + 1 if self.fuse else LEVELS):
             if s < LEVELS:
                 # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
                 # the conv runs at f4's size, 16x fewer pixels at the first level.
@@ -183,6 +192,8 @@ class VQFlow(nn.Module):
                 if self.latent_logdet:
                     logdet = logdet - z.shape[-1] * z.shape[-2] * torch.log(scale).sum(1)
             zs.append(z)
+        if not self.fuse:
+            return VQFlowOutput(zs, logdet, commitment, concept, codes)
         fusion_cond = conds[LEVELS]
         smallest = zs[-1].shape[-2:]
         if fusion_cond.shape[-2:] != smallest:
