@@ -16,6 +16,7 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - abs_topk / abs_mean: the top-k mean / the mean of the blurred absolute NLL map -M;
 - nll: the image's exact NLL per dimension (latents and log-determinant), the flow's likelihood;
 - gdist: how far the global vector lies from its concept prototype, |y - y_hat|;
+- abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
 - sums of components, each standardised by the held-out normals (median, and the spread
   between their 5% and 95% quantiles); no test label enters any score.
 
@@ -36,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist")
+# The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
+SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.03, 0.1)]
+COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", *SWEEP)
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "rel": ("rel",),
     "abs_topk": ("abs_topk",),
@@ -56,6 +59,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "max(rel,nll)": ("max", "rel", "nll"),
     "max(abs_topk,abs_mean)": ("max", "abs_topk", "abs_mean"),
     "max(abs_topk,nll)": ("max", "abs_topk", "nll"),
+    **{f"{c}+nll": (c, "nll") for c in SWEEP},
 }
 
 
@@ -63,7 +67,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     """Per part (train, val, test): every component, concept, class, label; cached as JSON.
     `test_data`: a data spec whose test split replaces the run's own (development data)."""
     tag = "" if test_data is None else "_" + "".join(ch if ch.isalnum() else "_" for ch in test_data)[-40:]
-    cache = workdir / f"{run.name}{tag}_evidence.json"
+    cache = workdir / f"{run.name}{tag}_evidence_v2.json"
     if cache.exists():
         raw = json.loads(cache.read_text())
         return {part: {k: np.asarray(v) for k, v in d.items()} for part, d in raw.items()}
@@ -99,6 +103,10 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
                 rows["abs_mean"] += neg.flatten(1).mean(1).tolist()
                 rows["nll"] += nll_per_dim(head).tolist()
                 rows["gdist"] += (y - y_hat).norm(dim=1).tolist()
+                for sigma in (0, 2, 4, 8):
+                    blurred = gaussian_blur(-loglik.sum(1), sigma)
+                    for k in (0.001, 0.01, 0.03, 0.1):
+                        rows[f"abs@{k}/{sigma}"] += topk_mean(blurred, k).tolist()
                 rows["concept"] += concept.tolist()
                 rows["cls"] += [_group(p, c) for p, c in zip(batch.path, batch.cls)]
                 rows["label"] += batch.label.tolist()
