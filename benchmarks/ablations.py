@@ -32,6 +32,7 @@ VARIANTS: dict[str, list[str]] = {
     "cap_patterns": ["model.concept_patterns=false"],
     "single_gaussian": ["model.latent=single"],
     "no_fusion": ["model.fusion=false"],
+    "commit_0.1": ["model.commitment_weight=0.1"],
     "kcp_1": ["model.num_concepts=1"],
     "kcp_4": ["model.num_concepts=4"],
     "kcp_8": ["model.num_concepts=8"],
