@@ -37,6 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# A sibling in benchmarks/ (not a package): on sys.path when this file runs as a script.
+import calibration
+
 # The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
 SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.03, 0.1)]
 COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", *SWEEP)
@@ -108,7 +111,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
                     for k in (0.001, 0.01, 0.03, 0.1):
                         rows[f"abs@{k}/{sigma}"] += topk_mean(blurred, k).tolist()
                 rows["concept"] += concept.tolist()
-                rows["cls"] += [_group(p, c) for p, c in zip(batch.path, batch.cls)]
+                rows["cls"] += [calibration._group(p, c) for p, c in zip(batch.path, batch.cls)]
                 rows["label"] += batch.label.tolist()
         out[part] = {k: np.asarray(v) for k, v in rows.items()}
         print(f"  {run.name} {part}: {len(recs)} images", flush=True)
@@ -140,23 +143,19 @@ def build_fmnist_dev(train_dir: Path, root: Path, per_class: int = 300, seed: in
     Image.fromarray(images[0]).save(root / "fmnist" / "train" / "good" / "unused_00000.png")
 
 
-def _group(path: str, cls: str) -> str:
-    """Fashion-MNIST's one class folder: the garment from the file name; else the class."""
-    return Path(path).stem.split("_")[0] if cls == "fmnist" else cls
-
-
 def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The candidate's score per part: its components standardised by the held-out normals, then
     summed (or, for ("max", ...), their maximum)."""
+    from vqflow.calibration import standardisation
+
     ref = ev["val"] if len(ev["val"]["rel"]) else ev["train"]
     use_max = parts[0] == "max"
+    names = list(parts[1:] if use_max else parts)
+    center, scale = standardisation(np.stack([ref[c] for c in names], 1))  # as calibrate does
     out = {}
     for part, d in ev.items():
-        z = []
-        for c in parts[1:] if use_max else parts:
-            lo, mid, hi = np.quantile(ref[c], [0.05, 0.5, 0.95])
-            z.append((d[c] - mid) / max(hi - lo, 1e-12))
-        out[part] = np.max(z, 0) if use_max else np.sum(z, 0)
+        z = (np.stack([d[c] for c in names], 1) - center) / scale
+        out[part] = z.max(1) if use_max else z.sum(1)
     return out
 
 

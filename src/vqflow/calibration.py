@@ -49,6 +49,15 @@ def standardisation(evidence: Any) -> tuple[list[float], list[float]]:
     return mid.tolist(), scale.tolist()
 
 
+def standardised_sum(evidence: Any, center: list[float], scale: list[float]) -> np.ndarray:
+    """Image scores (N,) from (N, K) evidence: sum_k (e_k - center_k) / scale_k, or the plain sum
+    without statistics (Detector.standardised_sum is the same in torch)."""
+    e = np.asarray(evidence, dtype=np.float64)
+    if not center:
+        return e.sum(1)
+    return ((e - np.asarray(center)) / np.asarray(scale)).sum(1)
+
+
 def concept_offsets(scores: Any, concepts: Any, prior: float) -> tuple[float, dict[int, float]]:
     """The pooled median score and each concept's median, shrunk toward it with `prior` pseudo-images
     (a concept of n images keeps n / (n + prior) of its own offset)."""
@@ -112,11 +121,8 @@ class Calibration:
         return float(self.concept_thresholds.get(int(concept), self.threshold))
 
     def combine(self, evidence: Any) -> np.ndarray:
-        """Image scores (N,) from (N, K) evidence: Detector.standardised_sum in numpy."""
-        e = np.asarray(evidence, dtype=np.float64)
-        if not self.score_center:
-            return e.sum(1)
-        return ((e - np.asarray(self.score_center)) / np.asarray(self.score_scale)).sum(1)
+        """Image scores (N,) from (N, K) evidence with this calibration's statistics."""
+        return standardised_sum(evidence, self.score_center, self.score_scale)
 
     def verdict(self, score: float, concept: int, threshold: float | None = None) -> tuple[float, str]:
         """(threshold used, "anomalous" or "normal") for one image; `threshold` overrides the

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from vqflow.calibration import Calibration, ScoreStats, concept_thresholds, standardisation
+from vqflow.calibration import Calibration, ScoreStats, concept_thresholds, standardisation, standardised_sum
 from vqflow.engine.features import FeatureSource
 from vqflow.model.detector import Detector
 
@@ -66,8 +66,7 @@ def calibrate(
         _predict(det, val_src, size, batch_size, device) if held_out else (train_ev, train_concepts, train_pix)
     )
     center, scale = standardisation(ev) if det.image_score == "combined" else ([], [])
-    standard = Calibration(score_center=center, score_scale=scale)
-    train_score, score = standard.combine(train_ev), standard.combine(ev)
+    train_score, score = standardised_sum(train_ev, center, scale), standardised_sum(ev, center, scale)
     threshold, per_concept = concept_thresholds(train_score, train_concepts, score, concept, quantile, concept_prior)
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):

@@ -16,7 +16,7 @@ from torch import nn
 from vqflow.calibration import Calibration
 from vqflow.errors import VQFlowError
 from vqflow.model.layers import pool_features
-from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, score_map, topk_mean
+from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, score_batch, score_map, topk_mean
 from vqflow.model.vqflow import VQFlow, nll_per_dim
 
 MAPS = ("mul", "add", "nll")
@@ -96,20 +96,18 @@ class Detector(nn.Module):
             stats = self.calibration.stats
             if stats is None:
                 raise VQFlowError("score.normalization=train needs training statistics; calibrate the detector first")
-        pixel = score_map(loglik, self.pixel_map, self.blur_sigma, stats)
         if self.image_score == "map":
-            img = (
-                pixel if self.image_map == self.pixel_map else score_map(loglik, self.image_map, self.blur_sigma, stats)
-            )
-            evidence = topk_mean(img, self.topk)[:, None]
+            scored = score_batch(loglik, self.image_map, self.pixel_map, self.topk, self.blur_sigma, stats)
+            pixel, evidence = scored.pixel_map, scored.score[:, None]
         else:
+            pixel = score_map(loglik, self.pixel_map, self.blur_sigma, stats)
             local = topk_mean(absolute_nll_map(loglik, self.blur_sigma), self.topk)
             evidence = torch.stack([local, nll_per_dim(out).to(local.dtype)], 1)
         return Prediction(self.standardised_sum(evidence), pixel, out.concept, out.codes, evidence)
 
     def standardised_sum(self, evidence: torch.Tensor) -> torch.Tensor:
         """The image score from its components (B, K): sum_k (e_k - center_k) / scale_k with the
-        calibration's held-out statistics (calibration.combine is the same in numpy); the plain
+        calibration's held-out statistics (calibration.standardised_sum is the same in numpy); the plain
         sum before calibration."""
         cal = self.calibration
         if not cal.score_center:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +152,7 @@ def outcome_table_html(rows: list[Outcome]) -> str:
 def catch_table_html(rows: list[tuple]) -> str:
     """Catch rate per (class, defect type): defective images flagged anomalous. Each class is
     named once, in a cell spanning its defect types' rows."""
-    span = {cls: sum(1 for r in rows if r[0] == cls) for cls, *_ in rows}
+    span = Counter(cls for cls, *_ in rows)
     body, named = [], set()
     for cls, kind, n, caught in rows:
         head = ""
