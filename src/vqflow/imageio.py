@@ -37,12 +37,19 @@ def model_input(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> np.ndarray:
-    """RGB image -> (3, H, W) float32 model input: Lanczos resize (no crop), mean/std normalised."""
+    """RGB image -> (3, H, W) float32 model input: Lanczos resize (no crop), mean/std normalised.
+
+    (x / 255 - mean) / std as one multiply-add per channel plane: broadcasting over the last
+    axis of 3 took 3 ms for a 256 px image, most of predict's reading time."""
     h, w = (size, size) if isinstance(size, int) else size
-    arr = np.asarray(img.resize((w, h), Image.Resampling.LANCZOS), dtype=np.float32) / np.float32(255.0)
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+    planes = np.asarray(img.resize((w, h), Image.Resampling.LANCZOS)).transpose(2, 0, 1)
+    scale = 1.0 / (255.0 * np.asarray(std, dtype=np.float64))
+    offset = -np.asarray(mean, dtype=np.float64) / np.asarray(std, dtype=np.float64)
+    out = np.empty(planes.shape, dtype=np.float32)
+    for c in range(3):
+        np.multiply(planes[c], np.float32(scale[c]), out=out[c], dtype=np.float32)
+        out[c] += np.float32(offset[c])
+    return out
 
 
 def resize_map(amap: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -63,8 +63,11 @@ class SameConv2d(nn.Conv2d):
         if self.static:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         k, s = self.kernel_size[0], self.stride[0]
-        top, bottom = same_pad(x.shape[-2], k, s)
-        left, right = same_pad(x.shape[-1], k, s)
+        height, width = x.shape[-2:]
+        if torch.jit.is_tracing():  # constants in an exported graph (fixed input size): the
+            height, width = int(height), int(width)  # runtime then folds the pad into the conv
+        top, bottom = same_pad(height, k, s)
+        left, right = same_pad(width, k, s)
         if bottom != top or right != left:
             x = F.pad(x, [0, right - left, 0, bottom - top])
         return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)

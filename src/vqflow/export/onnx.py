@@ -21,6 +21,7 @@ from vqflow.export.sidecar import INPUT_NAME, OUTPUT_NAMES, Sidecar, sidecar_pat
 from vqflow.model.detector import Detector
 
 OPSET = 17
+GRAPH_REVISION = 2  # bumped when the exported graph changes (2: pads folded into convs), renewing cached exports
 
 
 class ExportGraph(nn.Module):
@@ -54,7 +55,9 @@ def export_onnx(run: str | Path | TrainedRun, out: str | Path | None = None) -> 
     beside it (model.json); both atomically. Returns their paths. `run`: a run folder, or
     one already loaded (on the CPU)."""
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnx
+
+        from vqflow.export.passes import fold_pads_into_convs
     except ImportError:
         raise VQFlowError(
             "ONNX export needs the onnx package: pip install onnx onnxruntime (or pip install 'vqflow[onnx]')"
@@ -81,6 +84,9 @@ def export_onnx(run: str | Path | TrainedRun, out: str | Path | None = None) -> 
             opset_version=OPSET,
             dynamo=False,
         )
+        model = onnx.load(str(tmp))
+        fold_pads_into_convs(model)
+        onnx.save(model, str(tmp))
     side = sidecar_path(path)
     atomic_write_text(side, _sidecar(tr).to_json())
     return path, side
@@ -89,12 +95,12 @@ def export_onnx(run: str | Path | TrainedRun, out: str | Path | None = None) -> 
 def cached_export(run: str | Path) -> tuple[Path, bool]:
     """(path, exported now) of the run's ONNX graph in the cache, $VQFLOW_CACHE/onnx/<key>/model.onnx,
     exported on first use. The key hashes the checkpoint's bytes with the vqflow, torch and opset
-    versions, so a refit run or an upgrade exports afresh and the run folder is never written."""
+    versions and the graph revision, so a refit run or an upgrade exports afresh and the run folder is never written."""
     folder = Path(run)
     ckpt = checkpoint_path(folder)
     if not ckpt.is_file():
         load_run(folder, "cpu")  # its own error: no run folder, fit not finished...
-    digest = hashlib.sha256(f"{__version__} {torch.__version__} {OPSET}".encode())
+    digest = hashlib.sha256(f"{__version__} {torch.__version__} {OPSET} {GRAPH_REVISION}".encode())
     with open(ckpt, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -45,9 +45,11 @@ class QuantizedCondition:
 
     def conv3x3(self, weight: torch.Tensor) -> torch.Tensor:
         """F.conv2d(self.dense(), weight, padding=1) for weight (O, P + 2D, 3, 3), by lookups."""
-        b, h, w = self.idx.shape
-        p, d = self.pe.shape[1], self.y.shape[1]
-        k, out = self.codes.shape[0], weight.shape[0]
+        # int(): while tracing for export these sizes become constants of the graph (only the
+        # batch stays dynamic), so the lookup tables below fold into constants at load.
+        h, w = int(self.idx.shape[1]), int(self.idx.shape[2])
+        p, d = int(self.pe.shape[1]), int(self.y.shape[1])
+        k, out = int(self.codes.shape[0]), int(weight.shape[0])
         pos = F.conv2d(self.pe, weight[:, :p], padding=1)  # (1, O, H, W), once for the batch
         # Per tap t and code j: table[t, j] = W_t @ codes[j]; row k (a zero vector) stands for padding.
         table = torch.einsum("octs,jc->tsjo", weight[:, : p + d], self.codes).reshape(9, k, out)
@@ -59,10 +61,10 @@ class QuantizedCondition:
             codes = F.embedding(rows, table).sum(1)  # Gather + ReduceSum: every exporter knows them
         else:
             codes = F.embedding_bag(rows, table, mode="sum")
-        codes = codes.reshape(b, h, w, out).permute(0, 3, 1, 2)
+        codes = codes.reshape(-1, h, w, out).permute(0, 3, 1, 2)
         # The global vector is the same at every pixel: each tap adds W_t @ y where it is in bounds.
-        per_tap = torch.einsum("octs,bc->bots", weight[:, p : p + d] + weight[:, p + d :], self.y).reshape(b, out, 9)
+        per_tap = torch.einsum("octs,bc->bots", weight[:, p : p + d] + weight[:, p + d :], self.y).reshape(-1, out, 9)
         ones = F.pad(self.y.new_ones(1, 1, h, w), (1, 1, 1, 1))
         inside = torch.cat([ones[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
-        glob = (per_tap @ inside.reshape(9, h * w)).reshape(b, out, h, w)
+        glob = (per_tap @ inside.reshape(9, h * w)).reshape(-1, out, h, w)
         return pos + codes + glob

@@ -97,7 +97,7 @@ class CouplingSubnet(nn.Module):
 
     def forward_quantized(self, x: torch.Tensor, cond: QuantizedCondition) -> torch.Tensor:
         """forward(cat(x, cond.dense())), the condition's share of the first conv done by lookups."""
-        c = x.shape[1]
+        c = int(x.shape[1])  # a constant when traced for export: the weight slices fold
         h = F.conv2d(x, self.conv_in.weight[:, :c], self.conv_in.bias, padding=1)
         h = h + cond.conv3x3(self.conv_in.weight[:, c:])
         return self.conv_out(F.relu(self.norm(h)))
