@@ -134,3 +134,19 @@ def test_read_mask_zero_one_values_and_missing(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), truth)
     with pytest.raises(VQFlowError, match="gone_mask.png"):
         read_mask(tmp_path / "gone_mask.png")
+
+
+@pytest.mark.parametrize(
+    ("size", "mean", "std"),
+    [((9, 11), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((5, 7), (0.5, 0.25, 0.0), (0.5, 2.0, 1.0))],
+)
+def test_model_input_is_the_normalised_lanczos_resize(size, mean, std):
+    """(x / 255 - mean) / std per channel, channels first, computed here in float64."""
+    from vqflow.imageio import model_input
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    x = model_input(img, size, mean, std)
+    pixels = np.asarray(img.resize(size[::-1], Image.Resampling.LANCZOS), dtype=np.float64)
+    expected = ((pixels / 255.0 - np.asarray(mean)) / np.asarray(std)).transpose(2, 0, 1)
+    assert x.dtype == np.float32 and x.shape == (3, *size) and x.flags.c_contiguous
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6)

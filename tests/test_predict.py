@@ -186,14 +186,22 @@ def test_frozen_forward_equals_the_detectors_own(tiny_run, tiny_data, batch):
 def test_auto_engine_exports_once_into_the_cache_and_agrees_with_torch(
     tiny_run, inputs, predicted, tmp_path, capsys, monkeypatch
 ):
+    from vqflow.export.onnx import CACHED_EXPORTS
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("VQFLOW_CACHE", str(cache))
+    stale = [cache / "onnx" / f"stale{i}" for i in range(CACHED_EXPORTS)]  # older exports, oldest first
+    for i, folder in enumerate(stale):
+        folder.mkdir(parents=True)
+        os.utime(folder, (1e9 + i, 1e9 + i))
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert main(["predict", "--run", str(tiny_run), str(inputs), "--out", str(out), "--save-maps"]) == 0
     err = capsys.readouterr().err
     graphs = list(cache.glob("onnx/*/model.onnx"))
     assert len(graphs) == 1 and graphs[0].with_suffix(".json").is_file()
+    kept = sorted(d.name for d in (cache / "onnx").iterdir())
+    assert kept == sorted([graphs[0].parent.name, *(d.name for d in stale[1:])]), "only the oldest export is pruned"
     assert err.count("exported the run once for onnxruntime") == 1, "the second predict reuses the cached graph"
     assert not (tiny_run / "export").exists(), "the run folder is not written"
     torch_rows = _rows(predicted)

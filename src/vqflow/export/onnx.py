@@ -4,6 +4,8 @@ and check it against the torch module. Needs the `onnx` package (and onnxruntime
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from vqflow.export.sidecar import INPUT_NAME, OUTPUT_NAMES, Sidecar, sidecar_pat
 from vqflow.model.detector import Detector
 
 OPSET = 17
+CACHED_EXPORTS = 8  # run exports kept in $VQFLOW_CACHE/onnx, the most recently used
 GRAPH_REVISION = 2  # bumped when the exported graph changes (2: pads folded into convs), renewing cached exports
 
 
@@ -106,9 +109,21 @@ def cached_export(run: str | Path) -> tuple[Path, bool]:
             digest.update(block)
     path = cache_dir() / "onnx" / digest.hexdigest()[:24] / "model.onnx"
     if path.is_file() and sidecar_path(path).is_file():
+        os.utime(path.parent)  # recently used: pruned last
         return path, False
     export_onnx(load_run(folder, "cpu"), path)
+    prune_exports(path.parent.parent, CACHED_EXPORTS)
     return path, True
+
+
+def prune_exports(root: Path, keep: int) -> list[Path]:
+    """Remove all but the `keep` most recently used export folders below `root` (about 20 MB
+    each in the fast preset), so that refitting and predicting again and again does not fill
+    the disk; returns the folders removed."""
+    folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folders[keep:]
 
 
 def _sidecar(tr: TrainedRun) -> Sidecar:
