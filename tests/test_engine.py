@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 import vqflow.engine.fit as fit_mod
 from tiny_run import make_tiny_mvtec, tiny_args
 from vqflow.cli import main
+from vqflow.engine.build import load_run
 from vqflow.engine.checkpoint import load_checkpoint
 from vqflow.errors import VQFlowError
 
@@ -56,12 +57,30 @@ def test_test_writes_metrics_that_match_scores_csv(trained, capsys):
     assert set(metrics["classes"]) == {"stripes", "waves"} and keys <= set(metrics["mean"])
     with open(trained / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and set(rows[0]) == {"path", "class", "label", "score"}
+    assert len(rows) == 12 and set(rows[0]) == {"path", "class", "label", "score", "concept", "threshold", "verdict"}
+    cal = load_run(trained, "cpu").calibration
+    decisions = metrics["decisions"]
     for cls, m in metrics["classes"].items():
         assert all(0 <= m[k] <= 1 for k in keys)
         sel = [r for r in rows if r["class"] == cls]
         expected = roc_auc_score([int(r["label"]) for r in sel], [float(r["score"]) for r in sel])
         assert m["image_auroc"] == pytest.approx(expected, abs=1e-9)
+        for r in sel:  # each verdict is the calibration's own rule (predict's), recomputed here
+            thr, verdict = cal.verdict(float(r["score"]), int(r["concept"]))
+            assert r["verdict"] == verdict and float(r["threshold"]) == pytest.approx(thr, rel=1e-7)
+        normals = [r["verdict"] == "anomalous" for r in sel if r["label"] == "0"]
+        defects = [r["verdict"] == "anomalous" for r in sel if r["label"] == "1"]
+        assert decisions["classes"][cls] == {
+            "normal": len(normals),
+            "false_alarms": sum(normals),
+            "defective": len(defects),
+            "missed": len(defects) - sum(defects),
+        }
+    flagged = [r["verdict"] == "anomalous" for r in rows if r["label"] == "0"]
+    assert decisions["false_alarm_rate"] == pytest.approx(sum(flagged) / len(flagged))
+    assert decisions["worst_class_false_alarm_rate"] == max(
+        c["false_alarms"] / c["normal"] for c in decisions["classes"].values()
+    )
     assert (trained / "metrics.csv").read_text().startswith("class,image_auroc")
     assert (trained / "report.html").is_file()
 

@@ -9,6 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from vqflow.engine.progress import progress, say, warn
 from vqflow.errors import VQFlowError
 from vqflow.metrics import METRIC_KEYS, compute_class_metrics, summarize
 from vqflow.runlock import hold_run_folder
+
+if TYPE_CHECKING:
+    from vqflow.report.decisions import Decisions
 
 # The outputs of one evaluation, in the order they are moved into the run folder: metrics.json
 # last, so that a new metrics.json means every other output is new too.
@@ -126,13 +130,17 @@ def class_metrics(s: ScoredSet, mask_classes: frozenset[str] | set[str]) -> dict
     return summarize(per_class)
 
 
-def scores_csv(s: ScoredSet) -> str:
-    """path, class, label, score, one row per image."""
+def scores_csv(s: ScoredSet, d: Decisions | None = None) -> str:
+    """path, class, label, score, concept, one row per image; with decisions also the threshold
+    each image was judged by and its verdict, as `vqflow predict` writes them."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "class", "label", "score"])
+    w.writerow(["path", "class", "label", "score", "concept", *(["threshold", "verdict"] if d else [])])
     for i in range(len(s.paths)):
-        w.writerow([s.paths[i], s.classes[i], int(s.labels[i]), f"{s.scores[i]:.8g}"])
+        row = [s.paths[i], s.classes[i], int(s.labels[i]), f"{s.scores[i]:.8g}", int(s.concepts[i])]
+        if d is not None:
+            row += [f"{d.thresholds[i]:.8g}", "anomalous" if d.flagged[i] else "normal"]
+        w.writerow(row)
     return buf.getvalue()
 
 
@@ -212,9 +220,14 @@ def _stage_outputs(folder: Path, staging: Path, device: str, quiet: bool, report
             f"the fit of {folder} did not finish: testing epoch {chosen} of {status['planned_epochs']} planned; "
             f"finish it with 'vqflow fit --out {folder} --resume', then test again"
         )
+    from vqflow.report.decisions import decide, decision_summary
+
+    decisions = decide(tr.calibration, scored.scores, scored.concepts)
+    if decisions is not None:
+        metrics["decisions"] = decision_summary(list(scored.classes), scored.labels, decisions)
     staging.mkdir()
     atomic_write_text(staging / "metrics.csv", metrics_csv(metrics))
-    atomic_write_text(staging / "scores.csv", scores_csv(scored))
+    atomic_write_text(staging / "scores.csv", scores_csv(scored, decisions))
     if report:
         from vqflow.report import ReportData, write_report
 

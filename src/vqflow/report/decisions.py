@@ -108,6 +108,26 @@ def _outcome(name: str, labels: np.ndarray, flagged: np.ndarray, thresholds: np.
     )
 
 
+def decision_summary(classes: list[str], labels: np.ndarray, d: Decisions) -> dict:
+    """The verdicts' counts for metrics.json: per class normals, false alarms, defective images
+    and misses at the working threshold, and the rates over all images and of the worst class."""
+    names = list(dict.fromkeys(classes))
+    array = np.asarray(classes, dtype=object)
+    rows = class_outcomes({n: np.flatnonzero(array == n) for n in names}, labels, d)
+    per_class, total = rows[:-1], rows[-1]
+    return {
+        "threshold": d.global_threshold,
+        "per_concept_thresholds": d.per_concept,
+        "classes": {
+            r.name: {"normal": r.normal, "false_alarms": r.false_alarms, "defective": r.defective, "missed": r.missed}
+            for r in per_class
+        },
+        "false_alarm_rate": total.false_alarms / total.normal if total.normal else None,
+        "worst_class_false_alarm_rate": max((r.false_alarms / r.normal for r in per_class if r.normal), default=None),
+        "caught_rate": 1 - total.missed / total.defective if total.defective else None,
+    }
+
+
 def defect_catches(classes: list[str], paths: list[str], labels: np.ndarray, d: Decisions) -> list[tuple]:
     """(class, defect type, defective images, caught) per defect type, sorted; [] without types."""
     counts: dict[tuple[str, str], list[int]] = {}
