@@ -63,9 +63,8 @@ class SameConv2d(nn.Conv2d):
         if self.static:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
         k, s = self.kernel_size[0], self.stride[0]
-        height, width = x.shape[-2:]
-        if torch.jit.is_tracing():  # constants in an exported graph (fixed input size): the
-            height, width = int(height), int(width)  # runtime then folds the pad into the conv
+        # int(): constants when traced for export (fixed input size), so the pad folds into the conv
+        height, width = int(x.shape[-2]), int(x.shape[-1])
         top, bottom = same_pad(height, k, s)
         left, right = same_pad(width, k, s)
         if bottom != top or right != left:

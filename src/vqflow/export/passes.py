@@ -75,7 +75,8 @@ def constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
             return None
         nodes.append(node)
         stack.extend(node.input)
-    order = [n for n in graph.node if any(n is m for m in nodes)]  # keep the graph's topological order
+    needed = {id(n) for n in nodes}
+    order = [n for n in graph.node if id(n) in needed]  # keep the graph's topological order
     sub = helper.make_graph(
         order,
         "constant",

@@ -88,6 +88,13 @@ class Outcome:
     thresholds: tuple[float, ...]  # distinct thresholds the row's images were judged by
 
 
+def class_indices(classes: list[str]) -> dict[str, np.ndarray]:
+    """Positions of each class's images, classes in order of first appearance."""
+    names = list(dict.fromkeys(classes))
+    array = np.asarray(classes, dtype=object)
+    return {name: np.flatnonzero(array == name) for name in names}
+
+
 def class_outcomes(groups: dict[str, np.ndarray], labels: np.ndarray, d: Decisions) -> list[Outcome]:
     """One Outcome per class (groups: class -> image positions), then the total row."""
     labels = np.asarray(labels).astype(int)
@@ -111,9 +118,7 @@ def _outcome(name: str, labels: np.ndarray, flagged: np.ndarray, thresholds: np.
 def decision_summary(classes: list[str], labels: np.ndarray, d: Decisions) -> dict:
     """The verdicts' counts for metrics.json: per class normals, false alarms, defective images
     and misses at the working threshold, and the rates over all images and of the worst class."""
-    names = list(dict.fromkeys(classes))
-    array = np.asarray(classes, dtype=object)
-    rows = class_outcomes({n: np.flatnonzero(array == n) for n in names}, labels, d)
+    rows = class_outcomes(class_indices(classes), labels, d)
     per_class, total = rows[:-1], rows[-1]
     return {
         "threshold": d.global_threshold,

@@ -19,6 +19,7 @@ from vqflow.report.data import ReportData, check_report_data
 from vqflow.report.decisions import (
     Decisions,
     catch_table_html,
+    class_indices,
     class_outcomes,
     decide,
     defect_catches,
@@ -51,13 +52,6 @@ NAV = [
     ("concepts", "Concepts"),
     ("codebooks", "Codebooks"),
 ]
-
-
-def _class_indices(classes: list[str]) -> dict[str, np.ndarray]:
-    """Positions of each class's images, classes in order of first appearance."""
-    names = list(dict.fromkeys(classes))
-    array = np.asarray(classes, dtype=object)
-    return {name: np.flatnonzero(array == name) for name in names}
 
 
 def _cards(cards: list[tuple[str, str, str]]) -> str:
@@ -185,7 +179,7 @@ def write_report(out_dir: Path, data: ReportData, embed: bool | None = None) -> 
     """
     n = check_report_data(data)
     out_dir = Path(out_dir)
-    groups = _class_indices(list(data.classes))
+    groups = class_indices(list(data.classes))
     title = html.escape(data.title)
     assets = Assets()
     decisions = decide(data.calibration, data.scores, data.concepts)
