@@ -361,13 +361,15 @@ def test_resume_applies_what_may_change_and_refuses_the_rest(data, tmp_path, cap
                 "cpu",
                 "--set",
                 "score.topk=0.05",
+                "--set",
+                "train.precision=fp32",
             ]
         )
         == 0
     )
     final = load_checkpoint(out / "checkpoints" / "final.pt")
     assert final["epoch"] == 2 and final["config"]["train"]["device"] == "cpu"
-    assert final["config"]["score"]["topk"] == 0.05
+    assert final["config"]["score"]["topk"] == 0.05 and final["config"]["train"]["precision"] == "fp32"
 
 
 def test_resume_drops_log_records_past_the_checkpoint_and_stale_temporaries(data, tmp_path):

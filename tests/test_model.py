@@ -329,3 +329,37 @@ def test_map_image_score_is_the_top_k_of_the_image_map():
         pred = det.predict_features(x, (16, 16))
         ref = score_batch(log_likelihood_maps(m(x).u, (16, 16)), "mul", "add", 0.05, 1.0)
     assert torch.equal(pred.score, ref.score) and torch.equal(pred.anomaly_map, ref.pixel_map)
+
+
+@pytest.mark.parametrize(
+    "precision, on_cuda",
+    [("auto", torch.float16), ("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", None)],
+)
+def test_train_precision_sets_the_backbone_autocast_on_cuda_only(precision, on_cuda):
+    from vqflow.engine.build import backbone_autocast, build_detector
+
+    assert backbone_autocast(precision, torch.device("cuda")) is on_cuda
+    assert backbone_autocast(precision, torch.device("cpu")) is None
+    cfg = config.preset("fast")
+    cfg.train.precision = precision
+    assert build_detector(cfg, torch.nn.Linear(1, 1), tiny()).autocast is None  # a CPU module
+
+
+def test_a_half_precision_backbone_hands_fp32_features_to_the_flows():
+    """Under autocast the backbone computes in half precision (CPU bf16 here: the code path CUDA's
+    fp16 takes), and the flows still get fp32 features, close to the fp32 backbone's."""
+    from vqflow.backbones import create_backbone
+    from vqflow.model.detector import Detector
+
+    torch.manual_seed(0)
+    backbone = create_backbone("efficientnet_lite0").eval()
+    head = VQFlow(backbone.channels, **TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    full = Detector(backbone, head).features(x)
+    half = Detector(backbone, head, autocast=torch.bfloat16).features(x)
+    for f, h in zip(full, half, strict=True):
+        assert h.dtype == torch.float32 and h.shape == f.shape
+        rel = float((h - f).norm() / f.norm())
+        assert 0 < rel < 0.05, rel  # rounded to bf16 (not the fp32 path), yet close
+    with torch.no_grad():
+        assert torch.isfinite(Detector(backbone, head, autocast=torch.bfloat16)(x).score).all()

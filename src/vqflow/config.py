@@ -68,6 +68,7 @@ class TrainConfig:
     cache_memory_gb: float = 4.0  # "auto" keeps features in memory below this size
     select: str = "last"  # "last" epoch, or "val": lowest NLL on held-out training normals
     deterministic: bool = False  # deterministic algorithms only (CUDA: slower; errors name any op without one)
+    precision: str = "auto"  # the frozen backbone's compute type on CUDA (auto = fp16); flows and CPUs stay fp32
 
 
 @dataclass
@@ -102,6 +103,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.vq_init": ("kmeans++", "reference"),
     "train.feature_cache": ("auto", "memory", "disk", "off"),
     "train.select": ("last", "val"),
+    "train.precision": ("auto", "fp32", "fp16", "bf16"),
     "score.image_score": ("combined", "map"),
     "score.image_map": ("mul", "add", "nll"),
     "score.pixel_map": ("mul", "add", "nll"),

@@ -73,10 +73,29 @@ def build_head(cfg: Config, channels: tuple[int, int, int, int]) -> VQFlow:
     )  # fmt: skip
 
 
+# train.precision -> the backbone's autocast type on CUDA (None: fp32). fp16 by default: the
+# backbone is frozen and runs without gradients, so only its forward range matters, and fp16
+# keeps 3 more mantissa bits than bf16. A CPU always runs fp32: its half-precision
+# convolutions are slower than fp32 on most CPUs.
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "auto": torch.float16,
+    "fp32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def backbone_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The backbone's autocast type for train.precision on `device`; None: run it in fp32."""
+    if precision not in PRECISIONS:
+        raise VQFlowError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision] if device.type == "cuda" else None
+
+
 def build_detector(
     cfg: Config, backbone: torch.nn.Module, head: VQFlow, calibration: Calibration | None = None
 ) -> Detector:
-    """The inference module of `cfg.score` over a backbone and a head."""
+    """The inference module of `cfg.score` over a backbone and a head (on the backbone's device)."""
     s = cfg.score
     image_score = s.image_score
     if calibration is not None and calibration.ready and not calibration.score_center:
@@ -91,6 +110,7 @@ def build_detector(
         normalization=s.normalization,
         image_score=image_score,
         calibration=calibration,
+        autocast=backbone_autocast(cfg.train.precision, next(backbone.parameters(), torch.empty(0)).device),
     )
 
 

@@ -161,6 +161,7 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
             "train.epochs",
             "train.device",
             "train.deterministic",
+            "train.precision",
             "train.feature_cache",
             "train.cache_memory_gb",
             "data.num_workers",

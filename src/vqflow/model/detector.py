@@ -48,6 +48,8 @@ class Detector(nn.Module):
       normals (`calibration.score_center`, `score_scale`) and summed. A relative map
       discards what differs most between a normal image and one unlikely everywhere
       (benchmarks/results/image_score_*.md).
+    `autocast`: the backbone's compute type under torch.autocast (fp16 or bf16), None for its
+    own (fp32); its features reach the head in fp32 whatever it is, so the flows stay fp32.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Detector(nn.Module):
         normalization: str = "image",
         image_score: str = "map",
         calibration: Calibration | None = None,
+        autocast: torch.dtype | None = None,
     ):
         super().__init__()
         if image_map not in MAPS or pixel_map not in MAPS:
@@ -74,11 +77,16 @@ class Detector(nn.Module):
         self.image_map, self.pixel_map, self.topk, self.blur_sigma = image_map, pixel_map, topk, blur_sigma
         self.normalization, self.image_score = normalization, image_score
         self.calibration = calibration or Calibration()
+        self.autocast = autocast
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled backbone features (h1, h2, h3, f4): what the head (and the feature cache) takes."""
-        with torch.no_grad():
-            return pool_features(self.backbone(images))
+        """Pooled backbone features (h1, h2, h3, f4), fp32: what the head (and the feature cache) takes."""
+        if self.autocast is None:
+            with torch.no_grad():
+                return pool_features(self.backbone(images))
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=self.autocast):
+            maps = self.backbone(images)
+        return pool_features([m.float() for m in maps])
 
     def log_likelihood(
         self, feats: list[torch.Tensor], size: tuple[int, int]
