@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from vqflow import config
 from vqflow.engine.build import build_head
-from vqflow.model.condition import QuantizedCondition
+from vqflow.model.condition import BroadcastCondition, QuantizedCondition
 from vqflow.model.scores import log_likelihood_maps, score_batch
 from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
 
@@ -179,6 +179,28 @@ def test_quantized_condition_conv_equals_the_dense_conv(size):
     assert torch.equal(dense[:, p + d :], cond.y[:, :, None, None].expand(-1, -1, h, w))
     weight = torch.randn(o, p + 2 * d, 3, 3, generator=gen)
     torch.testing.assert_close(cond.conv3x3(weight), F.conv2d(dense, weight, padding=1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (2, 9), (3, 4)])
+def test_broadcast_condition_conv_and_its_gradients_equal_the_dense_conv(size):
+    """The training form (local features densely, the global vector's share on a <= 3x3 map stretched
+    to the borders and interior) gives the zero-padded 3x3 convolution of cat(local, broadcast y),
+    and autograd through it gives the dense conv's gradients for the features, y and the weight."""
+    gen = torch.Generator().manual_seed(5)
+    h, w = size
+    c, d, b, o = 7, 5, 3, 4
+    local = torch.randn(b, c, h, w, generator=gen, requires_grad=True)
+    y = torch.randn(b, d, generator=gen, requires_grad=True)
+    weight = torch.randn(o, c + d, 3, 3, generator=gen, requires_grad=True)
+    grad_out = torch.randn(b, o, h, w, generator=gen)
+    cond = BroadcastCondition(local, y)
+    assert cond.shape == (b, c + d, h, w)
+    dense_cond = torch.cat([local, y[:, :, None, None].expand(-1, -1, h, w)], 1)
+    results = []
+    for out in (cond.conv3x3(weight), F.conv2d(dense_cond, weight, padding=1)):
+        results.append((out.detach(), *torch.autograd.grad(out, (local, y, weight), grad_out)))
+    for fast, ref in zip(*results, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_with_quantized_conditions_matches_the_dense_flows():

@@ -24,7 +24,7 @@ from vqflow.model.detector import Detector
 
 OPSET = 17
 CACHED_EXPORTS = 8  # run exports kept in $VQFLOW_CACHE/onnx, the most recently used
-GRAPH_REVISION = 2  # bumped when the exported graph changes (2: pads folded into convs), renewing cached exports
+GRAPH_REVISION = 3  # bumped when the exported graph changes (2: pads folded into convs, 3: broadcast_conv3x3), renewing cached exports
 
 
 class ExportGraph(nn.Module):

@@ -1,11 +1,15 @@
-"""The flows' condition kept in its quantized form, so that a 3x3 convolution of it is table lookups.
+"""The flows' condition kept apart from its broadcast and quantized parts, so that a 3x3 convolution of
+it costs a fraction of the dense one.
 
-A flow level's condition is cat(PE + c[k], y_hat + c'[k], y_hat) per pixel (METHOD.md 3): a fixed
-positional map, one codebook entry per pixel and one global vector per image. Every coupling block
-convolves it (3x3, P + 2D = 160 channels in the fast preset), which is most of the head's work.
-Convolved term by term, the same sum is exact and cheap: the positional map once per call, the
-codebook as a per-tap table gathered by code index, the global vector as a matrix product with
-the in-bounds mask of each tap. Used at inference (no autograd); training convolves the dense tensor.
+A flow level's condition is cat(h, y_hat) per pixel (METHOD.md 3): pattern features h and one global
+vector y_hat per image, the same at every pixel. Every coupling block convolves it (3x3, P + 2D = 160
+channels in the fast preset), which is most of the head's work. Convolved term by term, the same sum
+is exact and cheaper:
+- `BroadcastCondition` (training): h densely; y_hat's share on a map of at most 3x3 pixels, whose
+  centre stands for every interior pixel and whose rim for the borders (`broadcast_conv3x3`);
+- `QuantizedCondition` (inference): h = PE + c[k] is also a fixed positional map and one codebook
+  entry per pixel: the positional map is convolved once per call and the codebook becomes a per-tap
+  table gathered by code index.
 """
 
 from __future__ import annotations
@@ -14,6 +18,53 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def broadcast_conv3x3(y: torch.Tensor, weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """F.conv2d(y broadcast to (B, D, h, w), weight (O, D, 3, 3), padding=1), (B, O, h, w).
+
+    Its output takes at most 9 values per image: interior, 4 edges, 4 corners. They are convolved on a
+    min(h, 3) x min(w, 3) map and stretched, the centre row and column repeated (expand + cat, whose
+    backward is a sum)."""
+    small = F.conv2d(y[:, :, None, None].expand(-1, -1, min(h, 3), min(w, 3)), weight, padding=1)
+    return _stretch(_stretch(small, h, 2), w, 3)
+
+
+def _stretch(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """A size-3 axis `dim` of t to size n: first, the middle one n - 2 times, last (n <= 3: t as is)."""
+    if n <= 3:
+        return t
+    shape = [-1] * t.dim()  # -1 keeps a size (the batch stays dynamic in an exported graph)
+    shape[dim] = n - 2
+    return torch.cat([t.narrow(dim, 0, 1), t.narrow(dim, 1, 1).expand(shape), t.narrow(dim, 2, 1)], dim)
+
+
+@dataclass
+class BroadcastCondition:
+    """cat(local, y broadcast over H x W) without building the broadcast: the dense condition in training.
+
+    local: (B, C, H, W) pattern features; y: (B, D) concept prototypes.
+    """
+
+    local: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape of the dense condition, (B, C + D, H, W)."""
+        b, c, h, w = self.local.shape
+        return (b, c + self.y.shape[1], h, w)
+
+    def dense(self) -> torch.Tensor:
+        """The condition as one (B, C + D, H, W) tensor."""
+        yb = self.y[:, :, None, None].expand(-1, -1, *self.local.shape[-2:])
+        return torch.cat([self.local, yb], 1)
+
+    def conv3x3(self, weight: torch.Tensor) -> torch.Tensor:
+        """F.conv2d(self.dense(), weight, padding=1) for weight (O, C + D, 3, 3)."""
+        c = int(self.local.shape[1])
+        h, w = int(self.local.shape[2]), int(self.local.shape[3])
+        return F.conv2d(self.local, weight[:, :c], padding=1) + broadcast_conv3x3(self.y, weight[:, c:], h, w)
 
 
 @dataclass
@@ -62,9 +113,5 @@ class QuantizedCondition:
         else:
             codes = F.embedding_bag(rows, table, mode="sum")
         codes = codes.reshape(-1, h, w, out).permute(0, 3, 1, 2)
-        # The global vector is the same at every pixel: each tap adds W_t @ y where it is in bounds.
-        per_tap = torch.einsum("octs,bc->bots", weight[:, p : p + d] + weight[:, p + d :], self.y).reshape(-1, out, 9)
-        ones = F.pad(self.y.new_ones(1, 1, h, w), (1, 1, 1, 1))
-        inside = torch.cat([ones[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
-        glob = (per_tap @ inside.reshape(9, h * w)).reshape(-1, out, h, w)
-        return pos + codes + glob
+        # The global vector is the same at every pixel (twice: in the anchor and on its own).
+        return pos + codes + broadcast_conv3x3(self.y, weight[:, p : p + d] + weight[:, p + d :], h, w)

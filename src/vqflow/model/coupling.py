@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.errors import VQFlowError
-from vqflow.model.condition import QuantizedCondition
+from vqflow.model.condition import BroadcastCondition, QuantizedCondition
 
-Condition = torch.Tensor | QuantizedCondition  # a flow's condition: dense, or kept quantized (inference)
+# A flow's condition: dense, or kept in parts whose convolution is cheaper (vqflow.model.condition).
+Condition = torch.Tensor | BroadcastCondition | QuantizedCondition
+SPLIT_CONDITIONS = (BroadcastCondition, QuantizedCondition)
 
 # 0.1 * softplus_{beta=0.5}(gamma) == 1  <=>  gamma = 2 * log(exp(5) - 1).
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.expm1(5.0))
@@ -30,10 +32,8 @@ def _check_positive(name: str, value: int | None, allow_none: bool = False) -> N
         raise VQFlowError(f"flow setting '{name}' must be a positive integer, got {value!r}")
 
 
-def check_cond(
-    cond: torch.Tensor | QuantizedCondition | None, cond_channels: int, size: tuple[int, int], owner: str
-) -> None:
-    """Raise VQFlowError unless `cond` is a (B, cond_channels, *size) tensor, or a QuantizedCondition of
+def check_cond(cond: Condition | None, cond_channels: int, size: tuple[int, int], owner: str) -> None:
+    """Raise VQFlowError unless `cond` is a (B, cond_channels, *size) tensor, or a split condition of
     that shape (or None when 0 channels)."""
     if cond_channels == 0:
         if cond is not None and cond.shape[1] != 0:
@@ -95,8 +95,8 @@ class CouplingSubnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.relu(self.norm(self.conv_in(x))))
 
-    def forward_quantized(self, x: torch.Tensor, cond: QuantizedCondition) -> torch.Tensor:
-        """forward(cat(x, cond.dense())), the condition's share of the first conv done by lookups."""
+    def forward_split(self, x: torch.Tensor, cond: BroadcastCondition | QuantizedCondition) -> torch.Tensor:
+        """forward(cat(x, cond.dense())), the condition's share of the first conv done by its parts."""
         c = int(x.shape[1])  # a constant when traced for export: the weight slices fold
         h = F.conv2d(x, self.conv_in.weight[:, :c], self.conv_in.bias, padding=1)
         h = h + cond.conv3x3(self.conv_in.weight[:, c:])
@@ -165,8 +165,8 @@ class AllInOneCoupling(InvertibleModule):
 
     def _coupling_params(self, x1: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-scale s and shift t for x2, computed from the untouched half and the condition."""
-        if isinstance(cond, QuantizedCondition):
-            a = 0.1 * self.subnet.forward_quantized(x1, cond)
+        if isinstance(cond, SPLIT_CONDITIONS):
+            a = 0.1 * self.subnet.forward_split(x1, cond)
         else:
             inputs = x1 if cond is None or self.cond_channels == 0 else torch.cat([x1, cond], dim=1)
             a = 0.1 * self.subnet(inputs)

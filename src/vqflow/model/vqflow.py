@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqflow.errors import VQFlowError
-from vqflow.model.condition import QuantizedCondition
+from vqflow.model.condition import BroadcastCondition, QuantizedCondition
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
 from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d, resize_bilinear
 from vqflow.model.quantizer import VectorQuantizer
@@ -157,7 +157,7 @@ class VQFlow(nn.Module):
         semantic = self.semantic(f4)
         # Without autograd the flows' conditions stay quantized: their convolutions become lookups.
         lookup = self.lookup_condition and self.quantize and self.concept_patterns and not torch.is_grad_enabled()
-        conds: list[torch.Tensor | QuantizedCondition] = []
+        conds: list[torch.Tensor | BroadcastCondition | QuantizedCondition] = []
         for s in range(LEVELS + 1 if self.fuse else LEVELS):
             if s < LEVELS:
                 # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
@@ -176,9 +176,10 @@ class VQFlow(nn.Module):
             if quantized:
                 pe = self._pe(*hs.shape[-2:], hs).reshape(1, -1, *hs.shape[-2:])
                 conds.append(QuantizedCondition(pe, y_hat, idx, self.cspc[s].codes.to(hs.dtype)))
-            else:
-                yb = y_hat[:, :, None, None].expand(-1, -1, *hq.shape[-2:])
-                conds.append(torch.cat([hq, yb], 1))
+            elif s < LEVELS:
+                conds.append(BroadcastCondition(hq, y_hat))
+            else:  # the fusion pools it with the latents: dense
+                conds.append(BroadcastCondition(hq, y_hat).dense())
 
         logdet = y.new_zeros(y.shape[0])
         zs = []
