@@ -1,4 +1,4 @@
-"""CPU cost of the VQ-Flow pipeline: latency, images/s, MACs, parameters, training-step time, peak RSS.
+"""Cost of the VQ-Flow pipeline: latency, images/s, MACs, parameters, training-step time, peak RSS.
 
 Answers "does the fast preset's flow head cost no more than the backbone on a CPU?" with both
 multiply-accumulates and measured time. The reference preset gets MACs/params only (its
@@ -6,6 +6,12 @@ ConvNeXtV2 backbone needs timm), unless --time-reference.
 
     python benchmarks/bench_inference.py [--preset fast reference] [--runs 3] [--train-runs 3]
                                          [--threads N] [--time-reference] [--out FILE.json]
+
+On a GPU, against the paper's "more than 30 FPS" (the backbone under train.precision's autocast,
+as `vqflow` runs it there; random backbone weights are enough for speed):
+
+    python benchmarks/bench_inference.py --device cuda --batches 1 32 --time-reference \
+        --random-backbone --out benchmarks/results/inference_cuda.json
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 from torch import nn
 
 from vqflow import config
+from vqflow.backbones import create_backbone
 from vqflow.config import Config
 from vqflow.engine.build import build_backbone, build_detector, build_head
 from vqflow.errors import VQFlowError
@@ -72,14 +79,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def synchronize() -> None:
+    """Wait for queued CUDA work (a no-op without CUDA), so that a timing covers the kernels."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn: Callable[[], object], warmup: int, runs: int) -> float:
     """Median wall time of `fn()` over `runs` calls after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
+    synchronize()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -161,33 +176,38 @@ def parameter_counts(head: VQFlow, backbone: nn.Module | None) -> dict:
     return counts
 
 
-def synthetic_features(channels: tuple[int, ...], image_size: int, batch: int) -> list[torch.Tensor]:
+def synthetic_features(
+    channels: tuple[int, ...], image_size: int, batch: int, device: torch.device | None = None
+) -> list[torch.Tensor]:
     """Random pooled features (h1, h2, h3, f4) of the shapes a stride-4..32 backbone gives."""
     sides = [-(-image_size // s) for s in STAGE_STRIDES]
     pooled = [(n - 1) // 2 + 1 for n in sides[:3]] + [sides[3]]  # AvgPool(3, 2, 1) on h1..h3
-    return [torch.randn(batch, c, n, n) for c, n in zip(channels, pooled)]
+    return [torch.randn(batch, c, n, n, device=device) for c, n in zip(channels, pooled)]
 
 
-def try_backbone(cfg: Config) -> tuple[nn.Module | None, str | None]:
-    """The preset's frozen backbone on CPU, or (None, why) where it cannot be built here."""
+def try_backbone(cfg: Config, device: torch.device, random: bool = False) -> tuple[nn.Module | None, str | None]:
+    """The preset's frozen backbone on `device` (random weights with `random`), or (None, why)
+    where it cannot be built here."""
     try:
-        return build_backbone(cfg, torch.device("cpu")), None
+        if random:
+            return create_backbone(cfg.model.backbone, pretrained=False).to(device), "random weights"
+        return build_backbone(cfg, device), None
     except VQFlowError as e:
         return None, str(e)
 
 
 def initialised_head(cfg: Config, channels: tuple[int, int, int, int], feats: list[torch.Tensor]) -> VQFlow:
-    """The head after one training-mode forward (seeds the codebooks), then in eval mode."""
-    head = build_head(cfg, channels)
+    """The head (on the features' device) after one training-mode forward (seeds the codebooks), then in eval mode."""
+    head = build_head(cfg, channels).to(feats[0].device)
     head.train()
     with torch.no_grad():
         head(feats)
     return head.eval()
 
 
-def eval_head(cfg: Config, channels: tuple[int, int, int, int]) -> VQFlow:
+def eval_head(cfg: Config, channels: tuple[int, int, int, int], feats: list[torch.Tensor]) -> VQFlow:
     """A fresh head in eval mode, codebooks unseeded: enough for MACs (lookups cost the same)."""
-    return build_head(cfg, channels).eval()
+    return build_head(cfg, channels).to(feats[0].device).eval()
 
 
 def train_step_seconds(cfg: Config, head: VQFlow, feats: list[torch.Tensor], warmup: int, runs: int) -> float:
@@ -224,21 +244,23 @@ def time_pipeline(
     channels: tuple[int, ...],
     batches: tuple[int, ...],
     runs: int,
+    device: torch.device,
 ) -> dict:
     """Backbone, head and full-detector latency per image (and images/s) at each batch size."""
     size = cfg.data.image_size
     timing: dict = {}
     for b in batches:
         repeats = runs if b > 1 else 2 * runs
-        images = torch.randn(b, 3, size, size)
+        images = torch.randn(b, 3, size, size, device=device)
         detector = build_detector(cfg, backbone, head).eval() if backbone is not None else None
         if detector is not None:
             feats = detector.features(images)
         else:
-            feats = synthetic_features(channels, size, b)
+            feats = synthetic_features(channels, size, b, device)
         row = {"head_ms_per_image": latency_ms(lambda _x, f=feats: head(f), images, 1, repeats)}
         if backbone is not None:
-            row["backbone_ms_per_image"] = latency_ms(backbone, images, 1, repeats)
+            # The detector's own features step: on CUDA the backbone under train.precision's autocast.
+            row["backbone_ms_per_image"] = latency_ms(detector.features, images, 1, repeats)
             # Its backbone and head were just warmed at this batch size: no extra warm-up call.
             row["detector_ms_per_image"] = latency_ms(detector, images, 0, repeats)
             row["detector_images_per_second"] = 1000 / row["detector_ms_per_image"]
@@ -256,7 +278,7 @@ def macs_section(cfg: Config, head: VQFlow, backbone: nn.Module | None, feats: l
     macs: dict = {"head": head_macs(head, feats), "backbone": None, "comparison_basis": None}
     reference_macs = None
     if backbone is not None:
-        one = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size)
+        one = torch.randn(1, 3, cfg.data.image_size, cfg.data.image_size, device=feats[0].device)
         macs["backbone"] = reference_macs = count_macs(backbone, lambda: backbone(one))["other"]
         macs["comparison_basis"] = "backbone counted with hooks"
     elif cfg.model.backbone in DOCUMENTED_BACKBONE_GMACS:
@@ -284,8 +306,8 @@ def timing_section(
 ) -> dict:
     """Latencies at the preset's batch sizes and the training-step time on cached features."""
     channels = tuple(int(f.shape[1]) for f in feats)
-    batches = LATENCY_BATCHES.get(name, (1, cfg.train.batch_size))
-    timing = time_pipeline(cfg, backbone, head, channels, batches, args.runs)
+    batches = tuple(args.batches or LATENCY_BATCHES.get(name, (1, cfg.train.batch_size)))
+    timing = time_pipeline(cfg, backbone, head, channels, batches, args.runs, feats[0].device)
     train_batch = min(cfg.train.batch_size, TRAIN_BATCH_CAP.get(name, cfg.train.batch_size))
     step = train_step_seconds(cfg, head, [f[:train_batch] for f in feats], 1, args.train_runs)
     timing["train_step"] = {
@@ -303,19 +325,21 @@ def bench_preset(name: str, args: argparse.Namespace) -> dict:
     cfg = config.preset(name)
     torch.manual_seed(args.seed)
     timed = name != "reference" or args.time_reference
-    backbone, why = try_backbone(cfg) if timed else (None, "not built (needs timm): MACs/params only")
+    device = torch.device(args.device)
+    no_backbone = (None, "not built (needs timm): MACs/params only")
+    backbone, why = try_backbone(cfg, device, args.random_backbone) if timed else no_backbone
     size = cfg.data.image_size
     init_batch = cfg.train.batch_size if timed else 1
     if backbone is not None:
         channels = tuple(backbone.channels)
-        with torch.no_grad():
-            feats = pool_features(backbone(torch.randn(init_batch, 3, size, size)))  # before a head exists
+        with torch.no_grad():  # before a head exists
+            feats = pool_features(backbone(torch.randn(init_batch, 3, size, size, device=device)))
     else:
         channels = KNOWN_CHANNELS.get(cfg.model.backbone)
         if channels is None:
             raise VQFlowError(f"--preset {name}: backbone '{cfg.model.backbone}' cannot be built here ({why})")
-        feats = synthetic_features(channels, size, init_batch)
-    head = initialised_head(cfg, channels, feats) if timed else eval_head(cfg, channels)
+        feats = synthetic_features(channels, size, init_batch, device)
+    head = (initialised_head if timed else eval_head)(cfg, channels, feats)
     result: dict = {
         "backbone": cfg.model.backbone,
         "image_size": size,
@@ -364,6 +388,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--time-reference", action="store_true", help="also time the reference head (slow, GBs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the backbone under train.precision's autocast)")
+    ap.add_argument("--batches", type=int, nargs="+", help="latency batch sizes (default: 1, 4, 16 for fast)")
+    ap.add_argument("--random-backbone", action="store_true", help="random backbone weights (no download)")
     ap.add_argument("--out", default="benchmarks/results/inference.json")
     args = ap.parse_args()
     if args.runs < 1 or args.train_runs < 1:
@@ -373,6 +400,7 @@ def main() -> None:
     result: dict = {
         "environment": {
             "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
             "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpu_model": cpu_model(),
