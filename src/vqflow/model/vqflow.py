@@ -14,6 +14,7 @@ from torch import nn
 
 from vqflow.errors import VQFlowError
 from vqflow.model.condition import BroadcastCondition, QuantizedCondition
+from vqflow.model.coupling import Condition
 from vqflow.model.flows import ConditionalFlow, FusionCoupling
 from vqflow.model.layers import FeatureMLP, GlobalMLP, positional_encoding_2d, resize_bilinear
 from vqflow.model.quantizer import VectorQuantizer
@@ -109,7 +110,9 @@ class VQFlow(nn.Module):
         if fusion:
             self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
-        self.lookup_condition = True  # False: convolve the dense condition at inference too (tests, timing)
+        self.lookup_condition = (
+            True  # False: the unquantized (BroadcastCondition) form at inference too (tests, timing)
+        )
 
     def _pe(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         key = (h, w, str(like.device))
@@ -157,7 +160,7 @@ class VQFlow(nn.Module):
         semantic = self.semantic(f4)
         # Without autograd the flows' conditions stay quantized: their convolutions become lookups.
         lookup = self.lookup_condition and self.quantize and self.concept_patterns and not torch.is_grad_enabled()
-        conds: list[torch.Tensor | BroadcastCondition | QuantizedCondition] = []
+        conds: list[Condition] = []
         for s in range(LEVELS + 1 if self.fuse else LEVELS):
             if s < LEVELS:
                 # Up(semantic) then Conv1x1 == Conv1x1 then Up (both linear, bilinear weights sum to 1):
