@@ -5,8 +5,9 @@ A flow level's condition is cat(h, y_hat) per pixel (METHOD.md 3): pattern featu
 vector y_hat per image, the same at every pixel. Every coupling block convolves it (3x3, P + 2D = 160
 channels in the fast preset), which is most of the head's work. Convolved term by term, the same sum
 is exact and cheaper:
-- `BroadcastCondition` (training, and inference without quantized patterns): h densely; y_hat's share on a map of at most 3x3 pixels, whose
-  centre stands for every interior pixel and whose rim for the borders (`broadcast_conv3x3`);
+- `BroadcastCondition` (training, and inference without quantized patterns): h densely; y_hat's
+  share on a map of at most 3x3 pixels, whose centre stands for every interior pixel and whose
+  rim for the borders (`broadcast_conv3x3`);
 - `QuantizedCondition` (inference): h = PE + c[k] is also a fixed positional map and one codebook
   entry per pixel: the positional map is convolved once per call and the codebook becomes a per-tap
   table gathered by code index.

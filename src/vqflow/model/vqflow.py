@@ -110,9 +110,8 @@ class VQFlow(nn.Module):
         if fusion:
             self.fusion = FusionCoupling(list(self.flow_channels), cond, hidden_channels=fusion_hidden, clamp=clamp)
         self._pe_cache: dict[tuple[int, int, str], torch.Tensor] = {}
-        self.lookup_condition = (
-            True  # False: the unquantized (BroadcastCondition) form at inference too (tests, timing)
-        )
+        # False: the unquantized (BroadcastCondition) form at inference too (tests, timing).
+        self.lookup_condition = True
 
     def _pe(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
         key = (h, w, str(like.device))
