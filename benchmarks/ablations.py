@@ -44,6 +44,11 @@ VARIANTS: dict[str, list[str]] = {
     "nll_image_map": ["score.image_map=nll"],
     "no_blur": ["score.blur_sigma=0"],
     "val_0.2": ["data.val_fraction=0.2"],
+    "lr_5e-4": ["train.lr=5e-4"],
+    "lr_1e-3": ["train.lr=1e-3"],
+    "lr_2e-3": ["train.lr=2e-3"],
+    "cosine_lr5e-4": ["train.schedule=cosine", "train.lr=5e-4"],
+    "cosine_lr1e-3": ["train.schedule=cosine", "train.lr=1e-3"],
 }
 KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 # Verdicts at the calibrated threshold (metrics.json "decisions"): the worst class's false-alarm

@@ -20,7 +20,7 @@ import vqflow.engine.fit as fit_mod
 from tiny_run import make_tiny_mvtec, tiny_args
 from vqflow.cli import main
 from vqflow.engine.build import load_run
-from vqflow.engine.checkpoint import load_checkpoint
+from vqflow.engine.checkpoint import load_checkpoint, save_checkpoint
 from vqflow.errors import VQFlowError
 
 
@@ -370,6 +370,42 @@ def test_resume_applies_what_may_change_and_refuses_the_rest(data, tmp_path, cap
     final = load_checkpoint(out / "checkpoints" / "final.pt")
     assert final["epoch"] == 2 and final["config"]["train"]["device"] == "cpu"
     assert final["config"]["score"]["topk"] == 0.05 and final["config"]["train"]["precision"] == "fp32"
+
+
+def test_cosine_schedule_warms_up_then_decays_and_constant_keeps_the_reference():
+    from vqflow.config import preset, set_key
+
+    cfg = preset("fast")
+    set_key(cfg, "train.epochs", 24)
+    set_key(cfg, "train.warmup_epochs", 4)
+    constant = [fit_mod.lr_factor(e, cfg) for e in range(24)]
+    set_key(cfg, "train.schedule", "cosine")
+    cosine = [fit_mod.lr_factor(e, cfg) for e in range(24)]
+    assert constant[:4] == cosine[:4] == pytest.approx([0.1, 0.325, 0.55, 0.775])
+    assert constant[4:] == [1.0] * 20
+    assert cosine[4] == 1.0 and all(a > b for a, b in zip(cosine[4:], cosine[5:]))
+    assert 0 < cosine[-1] < 0.01  # the last epoch still learns, barely
+    # a half-period of cosine around 0.5: the decay spends half the constant schedule's steps
+    assert np.mean(cosine[4:]) == pytest.approx(0.5, abs=0.03)
+
+
+def test_cosine_resume_needs_the_same_epochs_and_old_runs_resume_as_constant(data, tmp_path, capsys):
+    out = tmp_path / "cos"
+    args = ["fit", "--data", f"mvtec:{data}", "--out", str(out), *tiny_args(3), "--set", "train.schedule=cosine"]
+    assert main(args) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log]  # warm-up over 1 epoch, then cosine over 2: 1e-3, then 1e-3 / 2
+    assert lrs == pytest.approx([1e-4, 1e-3, 5e-4])
+    (out / "checkpoints" / "final.pt").unlink()
+    assert main(["fit", "--out", str(out), "--resume", "--quiet", "--epochs", "4"]) == 2
+    assert "train.schedule=cosine" in capsys.readouterr().err
+    # A checkpoint written before train.schedule existed resumes as the constant schedule it had.
+    last = out / "checkpoints" / "last.pt"
+    payload = load_checkpoint(last, require=())
+    del payload["config"]["train"]["schedule"]
+    save_checkpoint(last, payload)
+    assert main(["fit", "--out", str(out), "--resume", "--quiet", "--epochs", "4"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "final.pt")["epoch"] == 4
 
 
 def test_resume_drops_log_records_past_the_checkpoint_and_stale_temporaries(data, tmp_path):

@@ -87,11 +87,15 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistConte
 
 
 def lr_factor(epoch: int, cfg: Config) -> float:
-    """Linear warm-up from warmup_start to 1 over warmup_epochs, then constant."""
+    """Linear warm-up from warmup_start to 1 over warmup_epochs, then constant (the reference)
+    or a cosine decay that reaches 0 one epoch after the last, so the last epoch still learns."""
     t = cfg.train
-    if t.warmup_epochs <= 0:
+    if epoch < t.warmup_epochs:
+        return t.warmup_start + (1 - t.warmup_start) * epoch / t.warmup_epochs
+    if t.schedule == "constant":
         return 1.0
-    return t.warmup_start + (1 - t.warmup_start) * min(1.0, epoch / t.warmup_epochs)
+    decay_epochs = max(1, t.epochs - t.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * (epoch - t.warmup_epochs) / decay_epochs))
 
 
 @contextmanager
@@ -156,7 +160,11 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     payload = None
     if resume:
         payload = load_checkpoint(last, require=RESUME_KEYS)
+        # a key that an earlier version did not save held its dataclass default then
         saved, now = payload["config"], cfg.to_dict()
+        for sec, values in Config().to_dict().items():
+            if isinstance(values, dict):
+                saved[sec] = {**values, **saved.get(sec, {})}
         free = {
             "train.epochs",
             "train.device",
@@ -176,6 +184,11 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
             raise VQFlowError(
                 f"--resume: {', '.join(differ)} differ from the config saved in {last}; resume with the same "
                 "options (--epochs and --device may change)"
+            )
+        if cfg.train.schedule == "cosine" and saved["train"]["epochs"] != cfg.train.epochs:
+            raise VQFlowError(
+                f"--resume: train.schedule=cosine decays over the {saved['train']['epochs']} epochs saved in {last}; "
+                f"resume with --epochs {saved['train']['epochs']}, or fit a new run for {cfg.train.epochs}"
             )
     else:
         artefacts = [ckpt_dir / "last.pt", ckpt_dir / "final.pt", ckpt_dir / "best.pt", out / "train_log.jsonl"]
