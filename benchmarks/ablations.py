@@ -47,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     "lr_5e-4": ["train.lr=5e-4"],
     "lr_1e-3": ["train.lr=1e-3"],
     "lr_2e-3": ["train.lr=2e-3"],
+    "bs_8": ["train.batch_size=8", "train.lr=1e-3"],
     "cosine_lr5e-4": ["train.schedule=cosine", "train.lr=5e-4"],
     "cosine_lr1e-3": ["train.schedule=cosine", "train.lr=1e-3"],
 }

@@ -34,7 +34,7 @@ a step for the demo's 200k patches here, where anomalib's KCenterGreedy (300 dim
 (0.39 s at 430k patches), 5 minutes for the demo's 1% coreset. PaDiM one pass, a seeded
 random subset of 100 of Lite0's 176 f1..f3 channels. FastFlow 8 flow steps, Adam lr 1e-3
 weight decay 1e-5, batch 32, on the backbone maps computed once, for --fastflow-epochs epochs:
-by default 30 on the demo (as `vqflow demo`; ~6 min a seed here) and 10 on Fashion-MNIST
+by default 30 on the demo (as vqflow there; ~6 min a seed here) and 10 on Fashion-MNIST
 (1,570 steps, more than the demo's 180; its 18 ms per image and epoch at 64 px would make 40
 epochs an hour a seed).
 
@@ -91,6 +91,7 @@ CORESET_DIMS = 128
 PATCHCORE_NEIGHBOURS = 9
 FASTFLOW_BATCH = 32
 FASTFLOW_EPOCHS = {"demo": 30, "fmnist": 10}  # defaults; why: the module docstring
+VQFLOW_EPOCHS = {"demo": 30}  # the demo tables' length (`vqflow demo` ran 30 until it became 20); else the preset's
 FASTFLOW_LR = 1e-3
 FASTFLOW_WEIGHT_DECAY = 1e-5
 FMNIST_DATA_SEED = 0  # which training images of each class are kept: the same for every model seed
@@ -649,11 +650,10 @@ def run_tag(data: Data, overrides: list[str]) -> str:
 
 def resolve_defaults(args: argparse.Namespace, data: Data) -> Any:
     """Fill the epochs and batch left unset from vqflow's own defaults; vqflow's config for the data."""
-    from vqflow.cli import DEMO_EPOCHS
     from vqflow.engine.build import inference_batch_size
 
     cfg = vqflow_config(data, 1, 0)
-    args.epochs = args.epochs or (DEMO_EPOCHS if args.data == "demo" else cfg.train.epochs)
+    args.epochs = args.epochs or VQFLOW_EPOCHS.get(args.data, cfg.train.epochs)
     args.fastflow_epochs = args.fastflow_epochs or FASTFLOW_EPOCHS[args.data]
     args.batch = args.batch or inference_batch_size(cfg, torch.device("cpu"))
     return cfg
@@ -716,7 +716,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", choices=["demo", "fmnist"], default="demo")
     ap.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, help="vqflow epochs (default: `vqflow demo`'s 30 on demo, the preset's 40)")
+    ap.add_argument("--epochs", type=int, help="vqflow epochs (default: 30 on demo, the preset's 40)")
     ap.add_argument("--fastflow-epochs", type=int, help="FastFlow epochs (default 30 demo, 10 fmnist)")
     ap.add_argument("--fmnist-train-per-class", type=int, default=1000)
     ap.add_argument("--fmnist-test-per-class", type=int, help="t10k images per class (default: all 10,000)")
