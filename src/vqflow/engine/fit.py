@@ -161,10 +161,9 @@ def _fit(cfg: Config, out: Path, resume: bool, quiet: bool, device: torch.device
     if resume:
         payload = load_checkpoint(last, require=RESUME_KEYS)
         # a key that an earlier version did not save held its dataclass default then
-        saved, now = payload["config"], cfg.to_dict()
-        for sec, values in Config().to_dict().items():
-            if isinstance(values, dict):
-                saved[sec] = {**values, **saved.get(sec, {})}
+        sections = {sec: values for sec, values in Config().to_dict().items() if isinstance(values, dict)}
+        saved = {sec: {**values, **payload["config"].get(sec, {})} for sec, values in sections.items()}
+        now = cfg.to_dict()
         free = {
             "train.epochs",
             "train.device",
