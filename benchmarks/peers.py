@@ -7,12 +7,13 @@ metrics.json, for every model), fit seconds and inference images/s, mean (min..m
 
     python benchmarks/peers.py --data demo --seeds 0 1 2
     python benchmarks/peers.py --data fmnist --seeds 0 1 2          # image AUROC only: no masks
+    python benchmarks/peers.py --data fmnist --normal 5,6,7,8,9     # the other splits: 0,2,4,6,8 and 1,3,5,7,9
 
 The same for every model:
 
-* data: vqflow's loaders (`--data demo`, or `fmnist:DIR` where DIR holds Fashion-MNIST IDX
-  files with --fmnist-train-per-class seeded training images of each normal class {0-4} and
-  every t10k image), read by `ImageDataset` (Lanczos resize, ImageNet normalisation) at the
+* data: vqflow's loaders (`--data demo`, or `fmnist:DIR --normal IDS` where DIR holds
+  Fashion-MNIST IDX files with --fmnist-train-per-class seeded training images of every garment
+  and every t10k image; the normal garments' ones are the training set), read by `ImageDataset` (Lanczos resize, ImageNet normalisation) at the
   size vqflow's fast preset runs there (256 px demo; 64 px Fashion-MNIST, as the other
   benchmarks set it: calibration.SETS);
 * backbone: vqflow's EfficientNet-Lite0 with the ImageNet weights of the
@@ -34,7 +35,7 @@ a step for the demo's 200k patches here, where anomalib's KCenterGreedy (300 dim
 (0.39 s at 430k patches), 5 minutes for the demo's 1% coreset. PaDiM one pass, a seeded
 random subset of 100 of Lite0's 176 f1..f3 channels. FastFlow 8 flow steps, Adam lr 1e-3
 weight decay 1e-5, batch 32, on the backbone maps computed once, for --fastflow-epochs epochs:
-by default 30 on the demo (as vqflow there; ~6 min a seed here) and 10 on Fashion-MNIST
+by default 30 on the demo (~6 min a seed here; vqflow trains 40 there, the fast preset's) and 10 on Fashion-MNIST
 (1,570 steps, more than the demo's 180; its 18 ms per image and epoch at 64 px would make 40
 epochs an hour a seed).
 
@@ -91,7 +92,6 @@ CORESET_DIMS = 128
 PATCHCORE_NEIGHBOURS = 9
 FASTFLOW_BATCH = 32
 FASTFLOW_EPOCHS = {"demo": 30, "fmnist": 10}  # defaults; why: the module docstring
-VQFLOW_EPOCHS = {"demo": 30}  # the demo tables' length (`vqflow demo` ran 30 until it became 20); else the preset's
 FASTFLOW_LR = 1e-3
 FASTFLOW_WEIGHT_DECAY = 1e-5
 FMNIST_DATA_SEED = 0  # which training images of each class are kept: the same for every model seed
@@ -156,6 +156,7 @@ class Data:
     name: str
     spec: str
     classes: list[str] | None
+    normal: list[int] | None  # Fashion-MNIST's normal garments (vqflow --normal); None elsewhere
     overrides: list[str]  # vqflow --set KEY=VALUE items (image size, the user's --set)
     size: int
     splits: Any  # vqflow.data.splits.Splits
@@ -169,12 +170,14 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def fmnist_subset(root: Path, train_per_class: int, test_per_class: int | None) -> Path:
-    """A folder of Fashion-MNIST IDX files: `train_per_class` seeded training images of each
-    normal class, and every t10k image (or `test_per_class` of each class), so that
-    `--data fmnist:FOLDER` loads it through vqflow's own loader. Built once, atomically."""
+    """A folder of Fashion-MNIST IDX files: `train_per_class` seeded training images of every
+    garment, and every t10k image (or `test_per_class` of each), so that `--data fmnist:FOLDER
+    --normal IDS` loads any split through vqflow's own loader. Built once, atomically. Garments
+    are drawn in order from one generator, so the images of garments 0-4 are the ones the {0-4}
+    subset (`fmnist_train{N}_test...`, built before the other splits were measured) holds."""
     from vqflow.data import fmnist, one_vs_rest
 
-    folder = root / f"fmnist_train{train_per_class}_test{test_per_class or 'all'}"
+    folder = root / f"fmnist_train{train_per_class}x10_test{test_per_class or 'all'}"
     if folder.is_dir():
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
@@ -182,14 +185,12 @@ def fmnist_subset(root: Path, train_per_class: int, test_per_class: int | None) 
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(FMNIST_DATA_SEED)
     src = Path(fmnist.DEFAULT_ROOT)
-    for split, per_class, classes in (
-        ("train", train_per_class, one_vs_rest.DEFAULT_NORMAL),
-        ("t10k", test_per_class, range(one_vs_rest.NUM_CLASSES)),
-    ):
+    for split, per_class in (("train", train_per_class), ("t10k", test_per_class)):
         images = fmnist.read_idx(fmnist.find_idx(src, f"{split}-images-idx3-ubyte"), 3)
         labels = fmnist.read_idx(fmnist.find_idx(src, f"{split}-labels-idx1-ubyte"), 1)
         keep = np.arange(len(labels))
         if per_class is not None:
+            classes = range(one_vs_rest.NUM_CLASSES)
             picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
             keep = np.sort(np.concatenate(picks))
         write_idx(tmp / f"{split}-images-idx3-ubyte", images[keep])
@@ -214,7 +215,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
         folder = fmnist_subset(workdir / "data", args.fmnist_train_per_class, args.fmnist_test_per_class)
         spec = f"fmnist:{folder}"
         notes = {
-            "normal_classes": [0, 1, 2, 3, 4],
+            "normal_classes": args.normal,
             "train_per_class": args.fmnist_train_per_class,
             "test_per_class": args.fmnist_test_per_class or "all t10k",
             "subset_seed": FMNIST_DATA_SEED,
@@ -223,8 +224,8 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
         spec = "demo"
     classes = args.classes.split(",") if args.classes else None
     size = config.resolve(None, None, overrides).data.image_size
-    splits = load_data([spec], classes)
-    return Data(args.data, spec, classes, overrides, size, splits, notes)
+    splits = load_data([spec], classes, args.normal)
+    return Data(args.data, spec, classes, args.normal, overrides, size, splits, notes)
 
 
 def load_tensors(records: list, size: int, has_masks: bool) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -423,11 +424,12 @@ def fit_fastflow(
 # ---------------------------------------------------------------------------------------------
 
 
-def vqflow_config(data: Data, epochs: int, seed: int) -> Any:
-    """The config `vqflow fit` resolves for this data, epoch count and seed."""
+def vqflow_config(data: Data, epochs: int | None, seed: int) -> Any:
+    """The config `vqflow fit` resolves for this data, epoch count (None: the preset's) and seed."""
     from vqflow import config
 
-    options = {"data.specs": [data.spec], "data.classes": data.classes, "train.epochs": epochs, "train.seed": seed}
+    options = {"data.specs": [data.spec], "data.classes": data.classes, "data.normal": data.normal}
+    options |= {"train.epochs": epochs, "train.seed": seed}
     return config.resolve(None, None, data.overrides, **options)
 
 
@@ -447,6 +449,8 @@ def fit_vqflow(data: Data, run: Path, epochs: int, seed: int) -> dict:
     cmd += ["--seed", str(seed), "--quiet", *[x for s in data.overrides for x in ("--set", s)]]
     if data.classes:
         cmd += ["--classes", ",".join(data.classes)]
+    if data.normal:
+        cmd += ["--normal", ",".join(map(str, data.normal))]
     resumed = (run / "checkpoints" / "last.pt").exists()
     cmd += ["--resume"] if resumed else []
     print(f"fitting vqflow: {' '.join(cmd)}", flush=True)
@@ -644,7 +648,8 @@ def run_seeds(name: str, bench: Bench) -> dict[str, dict]:
 def run_tag(data: Data, overrides: list[str]) -> str:
     """Folder name of the vqflow runs of this data: size, data subset, classes, extra overrides."""
     subset = [Path(data.spec.split(":", 1)[1]).name] if ":" in data.spec else []
-    parts = [f"{data.size}px", *subset, *(data.classes or []), *overrides]
+    normal = ["normal" + "".join(map(str, data.normal))] if data.normal else []
+    parts = [f"{data.size}px", *subset, *normal, *(data.classes or []), *overrides]
     return "_".join(parts).replace("=", "-").replace("/", "-")
 
 
@@ -652,8 +657,8 @@ def resolve_defaults(args: argparse.Namespace, data: Data) -> Any:
     """Fill the epochs and batch left unset from vqflow's own defaults; vqflow's config for the data."""
     from vqflow.engine.build import inference_batch_size
 
-    cfg = vqflow_config(data, 1, 0)
-    args.epochs = args.epochs or VQFLOW_EPOCHS.get(args.data, cfg.train.epochs)
+    cfg = vqflow_config(data, None, 0)
+    args.epochs = args.epochs or cfg.train.epochs
     args.fastflow_epochs = args.fastflow_epochs or FASTFLOW_EPOCHS[args.data]
     args.batch = args.batch or inference_batch_size(cfg, torch.device("cpu"))
     return cfg
@@ -716,10 +721,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", choices=["demo", "fmnist"], default="demo")
     ap.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, help="vqflow epochs (default: 30 on demo, the preset's 40)")
+    ap.add_argument("--epochs", type=int, help="vqflow epochs (default: the fast preset's, 40)")
     ap.add_argument("--fastflow-epochs", type=int, help="FastFlow epochs (default 30 demo, 10 fmnist)")
     ap.add_argument("--fmnist-train-per-class", type=int, default=1000)
     ap.add_argument("--fmnist-test-per-class", type=int, help="t10k images per class (default: all 10,000)")
+    ap.add_argument("--normal", help="Fashion-MNIST's normal garments, e.g. 5,6,7,8,9 (default 0,1,2,3,4)")
     ap.add_argument("--classes", help="NAME,NAME,... of the set (default all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="vqflow config override; "
                     "data.image_size sets every model's size")  # fmt: skip
@@ -733,6 +739,9 @@ def main(argv: list[str] | None = None) -> None:
     from vqflow.engine.build import build_backbone
 
     args = parse_args(argv)
+    if args.normal and args.data != "fmnist":
+        raise SystemExit("--normal applies to --data fmnist only")
+    args.normal = [int(c) for c in (args.normal or "0,1,2,3,4").split(",")] if args.data == "fmnist" else None
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     started, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     workdir = Path(args.workdir).resolve()
@@ -750,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     models = {name: run_seeds(name, bench) for name in args.only}
     report = make_report(bench, cfg, models, command, load_before, notes)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    write_results(report, args.results, args.data)
+    write_results(report, args.results, args.data + ("_normal" + "".join(map(str, args.normal)) if args.normal else ""))
 
 
 if __name__ == "__main__":

@@ -82,19 +82,36 @@ def test_write_idx_is_read_back_by_vqflows_loader(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "a", 3), arr)
 
 
-def test_fmnist_subset_keeps_n_per_normal_class_and_loads_through_vqflow(tmp_path, monkeypatch):
+def test_fmnist_subset_keeps_n_per_garment_and_loads_every_split_through_vqflow(tmp_path, monkeypatch):
     from vqflow.data import fmnist, load_data
 
     monkeypatch.setattr(fmnist, "DEFAULT_ROOT", str(_fake_fmnist(tmp_path / "src")))
     folder = peers.fmnist_subset(tmp_path / "data", train_per_class=5, test_per_class=None)
     assert peers.fmnist_subset(tmp_path / "data", 5, None) == folder  # built once
-    splits = load_data([f"fmnist:{folder}"])
-    train_classes = np.array([r.array[0, 0] for r in splits.train])
-    assert sorted(np.bincount(train_classes, minlength=10).tolist()) == [0] * 5 + [5] * 5
-    assert set(train_classes.tolist()) == {0, 1, 2, 3, 4}
-    assert len(splits.test) == 60 and sum(r.label for r in splits.test) == 30
+    for normal in ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [0, 2, 4, 6, 8], [1, 3, 5, 7, 9]):
+        splits = load_data([f"fmnist:{folder}"], None, normal)
+        train_classes = np.array([r.array[0, 0] for r in splits.train])
+        assert np.bincount(train_classes, minlength=10)[normal].tolist() == [5] * 5
+        assert set(train_classes.tolist()) == set(normal)
+        assert len(splits.test) == 60 and sum(r.label for r in splits.test) == 30
+        assert {int(r.array[0, 0]) for r in splits.test if r.label == 0} == set(normal)
     small = peers.fmnist_subset(tmp_path / "data", train_per_class=5, test_per_class=2)
     assert len(load_data([f"fmnist:{small}"]).test) == 20
+
+
+def test_fmnist_subset_keeps_the_images_of_the_first_five_garments_the_earlier_subset_held(tmp_path, monkeypatch):
+    """The {0-4} runs measured before the other splits used a subset drawn for garments 0-4 alone."""
+    from vqflow.data import fmnist, one_vs_rest
+
+    monkeypatch.setattr(fmnist, "DEFAULT_ROOT", str(_fake_fmnist(tmp_path / "src")))
+    folder = peers.fmnist_subset(tmp_path / "data", train_per_class=5, test_per_class=None)
+    rng = np.random.default_rng(peers.FMNIST_DATA_SEED)
+    labels = np.repeat(np.arange(10), 12)
+    earlier = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), 5, replace=False) for c in range(5)]))
+    src = fmnist.read_idx(tmp_path / "src" / "train-images-idx3-ubyte", 3)
+    kept = fmnist.read_idx(folder / "train-images-idx3-ubyte", 3)
+    kept_labels = fmnist.read_idx(folder / "train-labels-idx1-ubyte", 1)
+    np.testing.assert_array_equal(kept[np.isin(kept_labels, one_vs_rest.DEFAULT_NORMAL)], src[earlier])
 
 
 def test_set_items_spread_and_percent():
@@ -113,7 +130,7 @@ def test_class_metrics_are_vqflows_per_class_with_pixel_keys_only_where_masks_ex
     from vqflow.data.splits import Splits
 
     test = [Record(f"{c}{i}", i % 2, c) for c in ("a", "b") for i in range(4)]
-    data = peers.Data("x", "x", None, [], 8, Splits([], test, True, frozenset({"a"})), {})
+    data = peers.Data("x", "x", None, None, [], 8, Splits([], test, True, frozenset({"a"})), {})
     labels = np.array([r.label for r in test])
     masks = np.zeros((8, 8, 8), dtype=bool)
     masks[labels == 1, 2:4, 2:4] = True
@@ -198,3 +215,16 @@ def test_markdown_table_gives_mean_min_max_over_seeds_and_dashes_where_undefined
     assert "| padim | 85.0 (80.0..90.0) | - | - | 15 (10..20) | 60.0 (50.0..70.0) | 1.0 / 0.0 |" in text
     assert "| vqflow | 90.0 | - | - | - | 30.0 | 0.0 / 0.0 |" in text
     assert "| fmnist | 85.0 (80.0..90.0) | 90.0 |" in text
+
+
+def test_vqflow_trains_the_fast_presets_epochs_unless_told():
+    from vqflow import config
+    from vqflow.data.splits import Splits
+
+    data = peers.Data("demo", "demo", None, None, [], 256, Splits([], [], True, frozenset()), {})
+    args = peers.parse_args(["--data", "demo"])
+    peers.resolve_defaults(args, data)
+    assert args.epochs == config.resolve(None, None, None).train.epochs == 40
+    args = peers.parse_args(["--data", "demo", "--epochs", "3"])
+    peers.resolve_defaults(args, data)
+    assert args.epochs == 3
