@@ -234,6 +234,40 @@ def make_shift(source: str, prior: float) -> Callable:
 
 
 rule_vqflow = make_shift("train", 20.0)  # what fit does (score.concept_prior 20)
+
+
+def make_tail(kind: str, prior: float = 20.0) -> Callable:
+    """Concept offsets from the training normals (as vqflow), with the margin taken from a tail
+    model instead of the held-out excesses' empirical quantile, which a few dozen images pin to
+    their largest one or two: "gauss" the held-out excesses' median plus z_q robust standard
+    deviations (IQR / 1.349); "std" the same with their standard deviation; "train-shape" the
+    quantile of the training normals' standardised excesses (hundreds of images) rescaled by the
+    held-out excesses' median and IQR."""
+    from scipy.stats import norm
+
+    from vqflow.calibration import concept_offsets
+
+    def rule(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
+        pooled, offsets = concept_offsets(tr["score"], tr["concept"], prior)
+
+        def excess(d: dict) -> np.ndarray:
+            return np.array([s - offsets.get(int(k), pooled) for s, k in zip(d["score"], d["concept"])])
+
+        ev = excess(va)
+        med, iqr = float(np.median(ev)), float(np.subtract(*np.percentile(ev, [75, 25])))
+        if kind == "gauss":
+            margin = med + norm.ppf(q) * iqr / 1.349
+        elif kind == "std":
+            margin = med + norm.ppf(q) * float(np.std(ev, ddof=1))
+        else:
+            et = excess(tr)
+            t_med, t_iqr = float(np.median(et)), float(np.subtract(*np.percentile(et, [75, 25])))
+            margin = med + iqr * float(np.quantile((et - t_med) / max(t_iqr, 1e-12), q))
+        return pooled + margin, {k: off + margin for k, off in offsets.items()}
+
+    return rule
+
+
 PER_CLASS_RULES = ("global", "vqflow (concept offsets)")
 RULES: dict[str, Callable] = {
     "vqflow (concept offsets)": rule_vqflow,
@@ -246,6 +280,9 @@ RULES: dict[str, Callable] = {
     "zmix": make_zmix(),
     "shift train k=20": make_shift("train", 20),
     "shift val k=5": make_shift("val", 5),
+    "tail gauss": make_tail("gauss"),
+    "tail std": make_tail("std"),
+    "tail train-shape": make_tail("train-shape"),
 }
 
 

@@ -3,6 +3,7 @@ metrics and table helpers; the anomalib peers themselves only where anomalib is 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -228,3 +229,30 @@ def test_vqflow_trains_the_fast_presets_epochs_unless_told():
     args = peers.parse_args(["--data", "demo", "--epochs", "3"])
     peers.resolve_defaults(args, data)
     assert args.epochs == 3
+
+
+def _split_report(path: Path, normal: list[int], models: dict[str, dict[str, float]]) -> Path:
+    per = {m: {"per_seed": {s: {"metrics": {"mean": {"image_auroc": v}}} for s, v in seeds.items()}}
+           for m, seeds in models.items()}  # fmt: skip
+    path.write_text(json.dumps({"data": {"normal_classes": normal}, "models": per}))
+    return path
+
+
+def test_four_split_table_merges_files_and_averages_each_seed_over_the_splits(tmp_path):
+    import peers_splits
+
+    splits = ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [0, 2, 4, 6, 8], [1, 3, 5, 7, 9])
+    files = []
+    for i, normal in enumerate(splits):
+        files.append(_split_report(tmp_path / f"p{i}.json", normal, {"patchcore": {"0": 0.9 + i / 100, "1": 0.8}}))
+        vq = {"0": 0.5 + i / 10} if i < 3 else {"0": 0.8, "1": 0.9}  # seed 1 misses three splits
+        files.append(_split_report(tmp_path / f"v{i}.json", normal, {"vqflow": vq}))
+    table = peers_splits.collect(files)
+    assert table["vqflow"]["13579"] == {"0": 80.0, "1": 90.0}
+    assert peers_splits.split_means(table["patchcore"]) == pytest.approx([91.5, 80.0])
+    assert peers_splits.split_means(table["vqflow"]) == pytest.approx([np.mean([50, 60, 70, 80])])
+    peers_splits.main([str(f) for f in files])
+    md = (tmp_path / "peers_fmnist_splits.md").read_text()
+    assert "| vqflow | 50.0 | 60.0 | 70.0 | 85.0 (80.0..90.0) | 65.0 (1 seeds) |" in md
+    with pytest.raises(SystemExit, match="in two files"):
+        peers_splits.collect([files[0], files[0]])
