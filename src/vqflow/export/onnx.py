@@ -116,14 +116,13 @@ def cached_export(run: str | Path) -> tuple[Path, bool]:
     return path, True
 
 
-def prune_exports(root: Path, keep: int) -> list[Path]:
+def prune_exports(root: Path, keep: int) -> None:
     """Remove all but the `keep` most recently used export folders below `root` (about 20 MB
     each in the fast preset), so that refitting and predicting again and again does not fill
-    the disk; returns the folders removed."""
+    the disk."""
     folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
     for old in folders[keep:]:
         shutil.rmtree(old, ignore_errors=True)
-    return folders[keep:]
 
 
 def _sidecar(tr: TrainedRun) -> Sidecar:
