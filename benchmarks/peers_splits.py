@@ -57,7 +57,9 @@ def markdown(table: dict, command: str) -> str:
     for model, per_split in table.items():
         cells = [spread(list(per_split.get(s, {}).values())) for s in SPLITS]
         means = split_means(per_split)
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {spread(means)} ({len(means)} seeds) |")
+        lines.append(
+            f"| {model} | " + " | ".join(cells) + f" | {spread(means)} ({len(means)} seed{'s' * (len(means) != 1)}) |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -253,6 +253,6 @@ def test_four_split_table_merges_files_and_averages_each_seed_over_the_splits(tm
     assert peers_splits.split_means(table["vqflow"]) == pytest.approx([np.mean([50, 60, 70, 80])])
     peers_splits.main([str(f) for f in files])
     md = (tmp_path / "peers_fmnist_splits.md").read_text()
-    assert "| vqflow | 50.0 | 60.0 | 70.0 | 85.0 (80.0..90.0) | 65.0 (1 seeds) |" in md
+    assert "| vqflow | 50.0 | 60.0 | 70.0 | 85.0 (80.0..90.0) | 65.0 (1 seed) |" in md
     with pytest.raises(SystemExit, match="in two files"):
         peers_splits.collect([files[0], files[0]])
