@@ -245,23 +245,22 @@ def make_tail(kind: str, prior: float = 20.0) -> Callable:
     held-out excesses' median and IQR."""
     from scipy.stats import norm
 
-    from vqflow.calibration import concept_offsets
+    from vqflow.calibration import concept_excess, concept_offsets
+
+    def median_iqr(x: np.ndarray) -> tuple[float, float]:
+        return float(np.median(x)), float(np.subtract(*np.percentile(x, [75, 25])))
 
     def rule(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
         pooled, offsets = concept_offsets(tr["score"], tr["concept"], prior)
-
-        def excess(d: dict) -> np.ndarray:
-            return np.array([s - offsets.get(int(k), pooled) for s, k in zip(d["score"], d["concept"])])
-
-        ev = excess(va)
-        med, iqr = float(np.median(ev)), float(np.subtract(*np.percentile(ev, [75, 25])))
+        ev = concept_excess(va["score"], va["concept"], pooled, offsets)
+        med, iqr = median_iqr(ev)
         if kind == "gauss":
             margin = med + norm.ppf(q) * iqr / 1.349
         elif kind == "std":
             margin = med + norm.ppf(q) * float(np.std(ev, ddof=1))
         else:
-            et = excess(tr)
-            t_med, t_iqr = float(np.median(et)), float(np.subtract(*np.percentile(et, [75, 25])))
+            et = concept_excess(tr["score"], tr["concept"], pooled, offsets)
+            t_med, t_iqr = median_iqr(et)
             margin = med + iqr * float(np.quantile((et - t_med) / max(t_iqr, 1e-12), q))
         return pooled + margin, {k: off + margin for k, off in offsets.items()}
 

@@ -646,11 +646,15 @@ def run_seeds(name: str, bench: Bench) -> dict[str, dict]:
     return per_seed
 
 
+def normal_tag(normal: list[int] | None) -> list[str]:
+    """['normal01234'] for Fashion-MNIST's normal garments, [] elsewhere: in run folder and results names."""
+    return ["normal" + "".join(map(str, normal))] if normal else []
+
+
 def run_tag(data: Data, overrides: list[str]) -> str:
-    """Folder name of the vqflow runs of this data: size, data subset, classes, extra overrides."""
+    """Folder name of the vqflow runs of this data: size, data subset, normal garments, classes, extra overrides."""
     subset = [Path(data.spec.split(":", 1)[1]).name] if ":" in data.spec else []
-    normal = ["normal" + "".join(map(str, data.normal))] if data.normal else []
-    parts = [f"{data.size}px", *subset, *normal, *(data.classes or []), *overrides]
+    parts = [f"{data.size}px", *subset, *normal_tag(data.normal), *(data.classes or []), *overrides]
     return "_".join(parts).replace("=", "-").replace("/", "-")
 
 
@@ -733,16 +737,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, help="images per forward pass (default vqflow's CPU inference batch, 4)")
     ap.add_argument("--workdir", default="runs/peers", help="vqflow runs and data subsets (kept, reused)")
     ap.add_argument("--results", default="benchmarks/results")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.normal and args.data != "fmnist":
+        raise SystemExit("--normal applies to --data fmnist only")
+    if args.data == "fmnist":  # the garment ids as a list, the protocol's {0-4} unless given
+        from vqflow.data import one_vs_rest
+
+        args.normal = [int(c) for c in args.normal.split(",")] if args.normal else list(one_vs_rest.DEFAULT_NORMAL)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     from vqflow.engine.build import build_backbone
 
     args = parse_args(argv)
-    if args.normal and args.data != "fmnist":
-        raise SystemExit("--normal applies to --data fmnist only")
-    args.normal = [int(c) for c in (args.normal or "0,1,2,3,4").split(",")] if args.data == "fmnist" else None
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     started, load_before = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     workdir = Path(args.workdir).resolve()
@@ -760,7 +768,7 @@ def main(argv: list[str] | None = None) -> None:
     models = {name: run_seeds(name, bench) for name in args.only}
     report = make_report(bench, cfg, models, command, load_before, notes)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    write_results(report, args.results, args.data + ("_normal" + "".join(map(str, args.normal)) if args.normal else ""))
+    write_results(report, args.results, "_".join([args.data, *normal_tag(args.normal)]))
 
 
 if __name__ == "__main__":

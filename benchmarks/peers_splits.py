@@ -45,7 +45,8 @@ def split_means(per_split: dict[str, dict[str, float]]) -> list[float]:
     return [float(np.mean([per_split[s][seed] for s in SPLITS])) for seed in sorted(common, key=int)]
 
 
-def markdown(table: dict, command: str) -> str:
+def markdown(table: dict, means: dict[str, list[float]], command: str) -> str:
+    """The table: per split mean (min..max) over seeds, and the four-split means `means` per model."""
     lines = [
         "# Fashion-MNIST, four unified splits: image AUROC %, mean (min..max) over seeds",
         "",
@@ -56,10 +57,8 @@ def markdown(table: dict, command: str) -> str:
     ]
     for model, per_split in table.items():
         cells = [spread(list(per_split.get(s, {}).values())) for s in SPLITS]
-        means = split_means(per_split)
-        lines.append(
-            f"| {model} | " + " | ".join(cells) + f" | {spread(means)} ({len(means)} seed{'s' * (len(means) != 1)}) |"
-        )
+        m = means[model]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {spread(m)} ({len(m)} seed{'s' * (len(m) != 1)}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -70,14 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     table = collect(args.results)
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     out = args.results[0].parent / "peers_fmnist_splits.json"
-    summary = {
-        "command": command,
-        "image_auroc": table,
-        "four_split_mean": {m: split_means(t) for m, t in table.items()},
-    }
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(table, command))
-    print(markdown(table, command))
+    means = {model: split_means(per_split) for model, per_split in table.items()}
+    out.write_text(json.dumps({"command": command, "image_auroc": table, "four_split_mean": means}, indent=2) + "\n")
+    text = markdown(table, means, command)
+    out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

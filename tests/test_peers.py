@@ -256,3 +256,12 @@ def test_four_split_table_merges_files_and_averages_each_seed_over_the_splits(tm
     assert "| vqflow | 50.0 | 60.0 | 70.0 | 85.0 (80.0..90.0) | 65.0 (1 seed) |" in md
     with pytest.raises(SystemExit, match="in two files"):
         peers_splits.collect([files[0], files[0]])
+
+
+def test_normal_garments_are_parsed_for_fmnist_only():
+    assert peers.parse_args(["--data", "fmnist"]).normal == [0, 1, 2, 3, 4]
+    assert peers.parse_args(["--data", "fmnist", "--normal", "0,2,4,6,8"]).normal == [0, 2, 4, 6, 8]
+    assert peers.parse_args(["--data", "demo"]).normal is None
+    with pytest.raises(SystemExit, match="fmnist only"):
+        peers.parse_args(["--data", "demo", "--normal", "1,2"])
+    assert peers.normal_tag([5, 6, 7, 8, 9]) == ["normal56789"] and peers.normal_tag(None) == []

@@ -71,6 +71,11 @@ def concept_offsets(scores: Any, concepts: Any, prior: float) -> tuple[float, di
     return pooled, offsets
 
 
+def concept_excess(scores: Any, concepts: Any, pooled: float, offsets: dict[int, float]) -> np.ndarray:
+    """Each score's excess over its concept's offset (the pooled one for a concept without an offset)."""
+    return np.array([s - offsets.get(int(k), pooled) for s, k in zip(np.asarray(scores), np.asarray(concepts))])
+
+
 def concept_thresholds(
     train_scores: Any, train_concepts: Any, val_scores: Any, val_concepts: Any, quantile: float, prior: float
 ) -> tuple[float, dict[int, float]]:
@@ -83,8 +88,7 @@ def concept_thresholds(
     benchmarks/results/calibration_*.md compares this rule with others.
     """
     pooled, offsets = concept_offsets(train_scores, train_concepts, prior)
-    excess = [s - offsets.get(int(k), pooled) for s, k in zip(np.asarray(val_scores), np.asarray(val_concepts))]
-    margin = float(np.quantile(excess, quantile))
+    margin = float(np.quantile(concept_excess(val_scores, val_concepts, pooled, offsets), quantile))
     return pooled + margin, {k: off + margin for k, off in offsets.items()}
 
 
