@@ -5,6 +5,11 @@
     python benchmarks/image_score.py --runs runs/calibration/run_dev_s{0,1,2} --name dev
     python benchmarks/image_score.py --runs runs/calibration/run_fmnist_s{0,1,2} --name fmnist_dev \
         --test-data folder:runs/calibration/data_fmnist_dev/fmnist
+    # the same for the Fashion-MNIST splits of benchmarks/peers.py (its IDX subset; here evens)
+    python benchmarks/image_score.py --runs runs/peers/fmnist/64px_fmnist_train1000x10_testall_normal02468/vqflow_e20_s0 \
+        --name fmnist_dev_02468 --build-fmnist-dev runs/peers/data/fmnist_train1000x10_testall \
+        runs/image_score/data_fmnist_dev_02468 --fmnist-normal 0,2,4,6,8 \
+        --test-data folder:runs/image_score/data_fmnist_dev_02468/fmnist
     # report on the test splits
     python benchmarks/image_score.py --runs runs/ablations/demo/ours_s{0,1,2} --name demo
     python benchmarks/image_score.py --runs runs/calibration/run_fmnist_s{0,1,2} --name fmnist
@@ -58,6 +63,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "rel+abs_mean+gdist": ("rel", "abs_mean", "gdist"),
     "rel+nll+gdist": ("rel", "nll", "gdist"),
     "abs_topk+nll+gdist": ("abs_topk", "nll", "gdist"),
+    "abs_topk+abs_mean+nll": ("abs_topk", "abs_mean", "nll"),
     "max(rel,abs_mean)": ("max", "rel", "abs_mean"),
     "max(rel,nll)": ("max", "rel", "nll"),
     "max(abs_topk,abs_mean)": ("max", "abs_topk", "abs_mean"),
@@ -120,22 +126,33 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     return out
 
 
-def build_fmnist_dev(train_dir: Path, root: Path, per_class: int = 300, seed: int = 7) -> None:
+def training_indices(used: Path, images: np.ndarray) -> set[int]:
+    """Indices into Fashion-MNIST's training `images` of the ones a run trained on: `used` holds
+    either its PNG files (<garment>_<index>.png, benchmarks/calibration.py) or IDX files
+    (peers.fmnist_subset, whose images are matched by content)."""
+    idx = used / "train-images-idx3-ubyte"
+    if not idx.exists():
+        return {int(p.stem.split("_")[1]) for p in used.iterdir()}
+    seen = {im.tobytes() for im in calibration._idx(idx)}
+    return {i for i, im in enumerate(images) if im.tobytes() in seen}
+
+
+def build_fmnist_dev(
+    used: Path, root: Path, normal: tuple[int, ...] = (0, 1, 2, 3, 4), per_class: int = 300, seed: int = 7
+) -> None:
     """Development data for Fashion-MNIST: `per_class` images of each garment from the training
-    split that the runs did not train on (train_dir holds their files, <garment>_<index>.png),
-    garments 0-4 as test/good and 5-9 as anomalies, in benchmarks/calibration.py's one-folder layout."""
+    split that the runs did not train on (`used`: see training_indices), the `normal` garments
+    as test/good and the others as anomalies, in benchmarks/calibration.py's one-folder layout."""
     from PIL import Image
 
-    import calibration
-
-    used = {int(p.stem.split("_")[1]) for p in train_dir.iterdir()}
     base = Path(calibration.FMNIST)
     images = calibration._idx(base / "train-images-idx3-ubyte.gz")
     labels = calibration._idx(base / "train-labels-idx1-ubyte.gz")
+    taken = training_indices(used, images)
     rng = np.random.default_rng(seed)
     for g, name in enumerate(calibration.GARMENTS):
-        pool = np.array([i for i in np.flatnonzero(labels == g) if i not in used])
-        folder = root / "fmnist" / "test" / ("good" if g < 5 else name)
+        pool = np.array([i for i in np.flatnonzero(labels == g) if i not in taken])
+        folder = root / "fmnist" / "test" / ("good" if g in normal else name)
         folder.mkdir(parents=True, exist_ok=True)
         for i in rng.choice(pool, per_class, replace=False):
             Image.fromarray(images[i]).save(folder / f"{name}_{i:05d}.png")
@@ -206,13 +223,18 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("TRAIN_DIR", "OUT"),
         help="first write the Fashion-MNIST development set (build_fmnist_dev) from a run's training folder",
     )
+    ap.add_argument(
+        "--fmnist-normal",
+        default="0,1,2,3,4",
+        help="the normal garments of that development set, as the runs' --normal (default 0,1,2,3,4)",
+    )
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--quantile", type=float, default=0.99)
     ap.add_argument("--prior", type=float, default=20.0)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.build_fmnist_dev and not args.build_fmnist_dev[1].exists():
-        build_fmnist_dev(*args.build_fmnist_dev)
+        build_fmnist_dev(*args.build_fmnist_dev, tuple(int(g) for g in args.fmnist_normal.split(",")))
     per_run = {run.name: evidence(run, args.workdir, args.test_data) for run in args.runs}
     table = {}
     for name, parts in CANDIDATES.items():
