@@ -44,6 +44,8 @@ def test_fit_writes_the_run_folder(trained):
     log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert set(log[0]["codebooks"]) == {"cpc", "cspc1", "cspc2", "cspc3", "cspc4"}
+    books = [b for r in log for b in r["codebooks"].values()]
+    assert all(set(b) == {"used", "codes", "perplexity", "restarted"} and b["restarted"] >= 0 for b in books)
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_nll"]) for r in log)
     assert not list(trained.glob(".feature_cache*")), "the feature cache is removed after fit"
 

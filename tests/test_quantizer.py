@@ -198,9 +198,12 @@ def test_dead_codes_restart_and_stay_revived():
     shifted = torch.tensor([20.0, 20.0])
     checked: set[int] = set()
     just_restarted: list[int] = []
+    q.reset_usage()
+    counted = 0
     for _ in range(30):  # data moves away: one code follows it, the others die and restart
         before = q.codebook.clone()
         out = q(shifted + torch.randn(64, 2, generator=g))
+        counted += len(just_restarted)
         for k in just_restarted:  # the EMA step after a restart must keep the restart
             assert float((q.codebook[k] - shifted).norm()) < 6, k
             assert float((q.codebook[k] - before[k]).norm()) < 3, k
@@ -209,6 +212,9 @@ def test_dead_codes_restart_and_stay_revived():
         jumped = far_jump & ((q.codebook - shifted).norm(dim=1) < 6) & (out.usage == 0)  # not EMA moves
         just_restarted = jumped.nonzero().flatten().tolist()
     assert len(checked) == 3, checked  # the three codes left behind were all revived
+    assert q.restarts == counted + len(just_restarted) >= 3, "every restart seen is counted"
+    q.reset_usage()
+    assert q.restarts == 0
     assert bool((out.usage > 0).all())  # and they stay in use
     assert bool((q.cluster_size >= q.dead_code_threshold).all())
 

@@ -212,6 +212,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(reference))
         self.register_buffer("dead_steps", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("usage_counts", torch.zeros(num_codes, dtype=torch.long))
+        self.restarts = 0  # dead codes restarted since reset_usage (inactive ones seeded are not counted)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -219,8 +220,10 @@ class VectorQuantizer(nn.Module):
         return self.codes
 
     def reset_usage(self) -> None:
-        """Zero the running per-code usage (`usage_counts`, summed over training batches)."""
+        """Zero the running per-code usage (`usage_counts`, summed over training batches) and the
+        count of restarts."""
         self.usage_counts.zero_()
+        self.restarts = 0
 
     def extra_repr(self) -> str:
         return f"num_codes={self.num_codes}, dim={self.dim}, decay={self.decay}, init={self.init!r}"
@@ -317,6 +320,7 @@ class VectorQuantizer(nn.Module):
         new = dsquared_seeds(data, live, candidates.numel(), self.distortion_tol, self.generator)
         slots = candidates[: new.shape[0]]
         if slots.numel() > 0:
+            self.restarts += int(dead[slots].sum())
             self.codes[slots] = new
             self.active[slots] = True
             self.dead_steps[slots] = 0

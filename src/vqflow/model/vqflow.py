@@ -224,7 +224,8 @@ class VQFlow(nn.Module):
                 q.reassign_unused()
 
     def codebook_usage(self) -> dict[str, dict]:
-        """Per codebook: codes used this epoch, codebook size and usage perplexity."""
+        """Per codebook: codes used this epoch, codebook size, usage perplexity and dead codes
+        restarted this epoch."""
         out = {}
         for name, q in self.quantizers().items():
             counts = q.usage_counts.detach().cpu().double()
@@ -234,6 +235,7 @@ class VQFlow(nn.Module):
                 "used": int(p.numel()),
                 "codes": int(counts.numel()),
                 "perplexity": math.exp(-(p * p.log()).sum().item()),
+                "restarted": q.restarts,
             }
         return out
 
