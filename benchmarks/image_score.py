@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs=2,
         type=Path,
         metavar=("TRAIN_DIR", "OUT"),
-        help="first write the Fashion-MNIST development set (build_fmnist_dev) from a run's training folder",
+        help="first write the Fashion-MNIST development set (build_fmnist_dev) from the runs' training "
+        "images (a PNG folder, or a peers.py IDX subset)",
     )
     ap.add_argument(
         "--fmnist-normal",
