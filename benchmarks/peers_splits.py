@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from peers import spread  # a sibling script in benchmarks/
+from vqflow.data.one_vs_rest import UNIFIED_SPLITS
 
-SPLITS = {"01234": "{0-4}", "56789": "{5-9}", "02468": "evens", "13579": "odds"}
+# Result files name a split by its normal garments ("01234"); the table by these names.
+SPLITS = {"".join(map(str, s)): name for s, name in zip(UNIFIED_SPLITS, ("{0-4}", "{5-9}", "evens", "odds"))}
 
 
 def collect(paths: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
