@@ -81,6 +81,15 @@ def test_fast_preset_shapes_match_lite0_at_256():
     assert [tuple(u.shape[1:]) for u in out.u] == [(24, 32, 32), (40, 16, 16), (112, 8, 8)]
 
 
+def test_the_dead_code_threshold_reaches_every_codebook():
+    cfg = config.apply_options(config.preset("fast"), ["model.vq_dead_threshold=0"])
+    m = build_head(cfg, (24, 40, 112, 320))
+    assert {q.dead_code_threshold for q in m.quantizers().values()} == {0.0}
+    assert {
+        q.dead_code_threshold for q in build_head(config.preset("fast"), (24, 40, 112, 320)).quantizers().values()
+    } == {1e-2}
+
+
 def test_reference_preset_sizes():
     """ConvNeXtV2-B channels: the condition is 576 + 512 = 1088 wide and the head has ~309M
     trainable parameters (METHOD.md sections 2.8 and 10)."""

@@ -219,6 +219,19 @@ def test_dead_codes_restart_and_stay_revived():
     assert bool((q.cluster_size >= q.dead_code_threshold).all())
 
 
+def test_a_zero_dead_code_threshold_never_restarts():
+    """model.vq_dead_threshold=0 (an ablation): the drift that revives three codes above restarts none."""
+    g = torch.Generator().manual_seed(0)
+    q = VectorQuantizer(4, 2, decay=0.5, dead_code_steps=2, dead_code_threshold=0.0, seed=0)
+    q.train()
+    q(torch.randn(64, 2, generator=g))
+    q.reset_usage()
+    for _ in range(30):
+        out = q(torch.tensor([20.0, 20.0]) + torch.randn(64, 2, generator=g))
+    assert q.restarts == 0
+    assert int((out.usage > 0).sum()) == 1  # one code followed the data, the others stay dead
+
+
 def test_reference_reassign_is_overwritten_by_the_next_step():
     torch.manual_seed(0)
     q = VectorQuantizer(8, 2, init="reference", seed=0)

@@ -48,6 +48,7 @@ class ModelConfig:
     latent_logdet: bool = True  # False: the reference loss, without -sum log v
     vq_init: str = "kmeans++"  # or "reference" (randn codes, zero cluster sizes)
     vq_decay: float = 0.99
+    vq_dead_threshold: float = 1e-2  # restart a code whose EMA cluster size stays below this (0: never)
     commitment_weight: float = 1.0
     fusion: bool = True  # False: no fusion flow across scales (ablation)
 
@@ -125,6 +126,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "model.fusion_hidden": (1, INF),
     "model.clamp": (1e-3, INF),
     "model.vq_decay": (0.0, 0.99999),
+    "model.vq_dead_threshold": (0.0, 1.0),
     "model.commitment_weight": (0.0, INF),
     "train.epochs": (1, INF),
     "train.batch_size": (2, INF),

@@ -69,7 +69,8 @@ def build_head(cfg: Config, channels: tuple[int, int, int, int]) -> VQFlow:
         tuple(channels), global_dim=m.global_dim, pos_dim=m.pos_dim, num_concepts=m.num_concepts,
         num_patterns=m.num_patterns, flow_blocks=tuple(m.flow_blocks), subnet_hidden=m.subnet_hidden,
         fusion_hidden=m.fusion_hidden, clamp=m.clamp, quantize=m.quantize, concept_patterns=m.concept_patterns,
-        latent=m.latent, latent_logdet=m.latent_logdet, vq_init=m.vq_init, vq_decay=m.vq_decay, fusion=m.fusion,
+        latent=m.latent, latent_logdet=m.latent_logdet, vq_init=m.vq_init, vq_decay=m.vq_decay,
+        vq_dead_threshold=m.vq_dead_threshold, fusion=m.fusion,
     )  # fmt: skip
 
 

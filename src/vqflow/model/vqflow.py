@@ -54,6 +54,7 @@ class VQFlow(nn.Module):
         latent_logdet: bool = True,
         vq_init: str = "kmeans++",
         vq_decay: float = 0.99,
+        vq_dead_threshold: float = 1e-2,
         fusion: bool = True,
     ):
         """feature_channels: channels of f1..f4; the rest are METHOD.md's sizes and the
@@ -87,7 +88,7 @@ class VQFlow(nn.Module):
             ]
         )
         self.upsample_convs = nn.ModuleList([nn.Conv2d(dp, dp, 1) for _ in range(LEVELS)])
-        vq = dict(decay=vq_decay, init=vq_init)
+        vq = dict(decay=vq_decay, init=vq_init, dead_code_threshold=vq_dead_threshold)
         # CAP quantizes h' directly, ours the residual against the anchor: both D + P wide.
         if quantize:
             self.cpc = VectorQuantizer(num_concepts, d, **vq)
