@@ -21,9 +21,12 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - abs_topk / abs_mean: the top-k mean / the mean of the blurred absolute NLL map -M;
 - nll: the image's exact NLL per dimension (latents and log-determinant), the flow's likelihood;
 - gdist: how far the global vector lies from its concept prototype, |y - y_hat|;
+- energy / flow_logdet / latent_logdet: the three parts of nll (the latents' 0.5 |u|^2, minus the
+  flows' log-determinant, minus the concept-aware latent's log-determinant, each per dimension);
 - abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
 - sums of components, each standardised by the held-out normals (median, and the spread
-  between their 5% and 95% quantiles); no test label enters any score.
+  between their 5% and 95% quantiles); |c| counts component c two-sided, by its distance from
+  the normals' median in either direction (a typicality test); no test label enters any score.
 
 Out: image AUROC per class (mean over classes and its per-seed values), and at the
 calibrated thresholds (calibration.concept_thresholds, the quantile of score.threshold_quantile)
@@ -47,7 +50,8 @@ import calibration
 
 # The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
 SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.03, 0.1)]
-COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", *SWEEP)
+PARTS = ("energy", "flow_logdet", "latent_logdet")  # nll = their sum + a constant
+COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", *PARTS, *SWEEP)
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "rel": ("rel",),
     "abs_topk": ("abs_topk",),
@@ -69,6 +73,15 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "max(abs_topk,abs_mean)": ("max", "abs_topk", "abs_mean"),
     "max(abs_topk,nll)": ("max", "abs_topk", "nll"),
     **{f"{c}+nll": (c, "nll") for c in SWEEP},
+    # nll's parts, and the flows' log-determinant as a typicality test
+    "energy": ("energy",),
+    "flow_logdet": ("flow_logdet",),
+    "latent_logdet": ("latent_logdet",),
+    "abs_topk+energy": ("abs_topk", "energy"),
+    "abs_topk+|nll|": ("abs_topk", "|nll|"),
+    "abs_topk+energy+|flow_logdet|": ("abs_topk", "energy", "|flow_logdet|"),
+    "abs_topk+energy+latent_logdet+|flow_logdet|": ("abs_topk", "energy", "latent_logdet", "|flow_logdet|"),
+    "abs_topk+nll+|flow_logdet|": ("abs_topk", "nll", "|flow_logdet|"),
 }
 
 
@@ -76,7 +89,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     """Per part (train, val, test): every component, concept, class, label; cached as JSON.
     `test_data`: a data spec whose test split replaces the run's own (development data)."""
     tag = "" if test_data is None else "_" + "".join(ch if ch.isalnum() else "_" for ch in test_data)[-40:]
-    cache = workdir / f"{run.name}{tag}_evidence_v2.json"
+    cache = workdir / f"{run.name}{tag}_evidence_v3.json"
     if cache.exists():
         raw = json.loads(cache.read_text())
         return {part: {k: np.asarray(v) for k, v in d.items()} for part, d in raw.items()}
@@ -111,6 +124,10 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
                 rows["abs_topk"] += topk_mean(neg, det.topk).tolist()
                 rows["abs_mean"] += neg.flatten(1).mean(1).tolist()
                 rows["nll"] += nll_per_dim(head).tolist()
+                dims = sum(u[0].numel() for u in head.u)
+                rows["energy"] += (sum(0.5 * u.pow(2).flatten(1).sum(1) for u in head.u) / dims).tolist()
+                rows["flow_logdet"] += (-(head.logdet - head.latent_logdet) / dims).tolist()
+                rows["latent_logdet"] += (-head.latent_logdet / dims).tolist()
                 rows["gdist"] += (y - y_hat).norm(dim=1).tolist()
                 for sigma in (0, 2, 4, 8):
                     blurred = gaussian_blur(-loglik.sum(1), sigma)
@@ -162,16 +179,19 @@ def build_fmnist_dev(
 
 def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The candidate's score per part: its components standardised by the held-out normals, then
-    summed (or, for ("max", ...), their maximum)."""
+    summed (or, for ("max", ...), their maximum); a component "|c|" counts as |z|."""
     from vqflow.calibration import standardisation
 
     ref = ev["val"] if len(ev["val"]["rel"]) else ev["train"]
     use_max = parts[0] == "max"
     names = list(parts[1:] if use_max else parts)
+    two_sided = np.array([n.startswith("|") for n in names])
+    names = [n.strip("|") for n in names]
     center, scale = standardisation(np.stack([ref[c] for c in names], 1))  # as calibrate does
     out = {}
     for part, d in ev.items():
         z = (np.stack([d[c] for c in names], 1) - center) / scale
+        z = np.where(two_sided, np.abs(z), z)
         out[part] = z.max(1) if use_max else z.sum(1)
     return out
 

@@ -116,6 +116,7 @@ def test_latent_logdet_switch_changes_only_the_jacobian():
     scale = torch.nn.functional.softplus(torch.tensor(1.0)) + 1e-3
     hw = sum(u.shape[1] * u.shape[2] * u.shape[3] for u in a.u)
     assert torch.allclose(b.logdet - a.logdet, torch.full((2,), hw * torch.log(scale).item()), rtol=1e-4)
+    assert torch.allclose(a.latent_logdet, a.logdet - b.logdet) and not b.latent_logdet.any()
 
 
 def test_nll_per_dim_is_the_change_of_variables_density():

@@ -31,6 +31,7 @@ class VQFlowOutput:
     commitment: torch.Tensor  # scalar: sum of the quantizers' commitment terms
     concept: torch.Tensor  # (B,) CPC code of each image (zeros without quantization)
     codes: dict[str, torch.Tensor] = field(default_factory=dict)  # level -> code indices
+    latent_logdet: torch.Tensor | None = None  # (B,) the concept-aware latent's share of logdet
 
 
 class VQFlow(nn.Module):
@@ -185,6 +186,7 @@ class VQFlow(nn.Module):
                 conds.append(BroadcastCondition(hq, y_hat).dense())
 
         logdet = y.new_zeros(y.shape[0])
+        latent_logdet = y.new_zeros(y.shape[0])
         zs = []
         for s in range(LEVELS):
             z, ld = self.flows[s](h_in[s], conds[s])
@@ -194,16 +196,17 @@ class VQFlow(nn.Module):
                 scale = F.softplus(self.latent_scale[s](y_hat)) + 1e-3
                 z = (z - mean) / scale[:, :, None, None]
                 if self.latent_logdet:
-                    logdet = logdet - z.shape[-1] * z.shape[-2] * torch.log(scale).sum(1)
+                    ld_latent = -z.shape[-1] * z.shape[-2] * torch.log(scale).sum(1)
+                    logdet, latent_logdet = logdet + ld_latent, latent_logdet + ld_latent
             zs.append(z)
         if not self.fuse:
-            return VQFlowOutput(zs, logdet, commitment, concept, codes)
+            return VQFlowOutput(zs, logdet, commitment, concept, codes, latent_logdet)
         fusion_cond = conds[LEVELS]
         smallest = zs[-1].shape[-2:]
         if fusion_cond.shape[-2:] != smallest:
             fusion_cond = resize_bilinear(fusion_cond, smallest)
         u, ld = self.fusion(zs, fusion_cond)
-        return VQFlowOutput(list(u), logdet + ld, commitment, concept, codes)
+        return VQFlowOutput(list(u), logdet + ld, commitment, concept, codes, latent_logdet)
 
     def quantizers(self) -> dict[str, VectorQuantizer]:
         """The named codebooks ('cpc', 'cspc1'..'cspc4'); empty without quantization."""
