@@ -59,7 +59,8 @@ class VQFlow(nn.Module):
         fusion: bool = True,
     ):
         """feature_channels: channels of f1..f4; the rest are METHOD.md's sizes and the
-        ablation switches (quantize, concept_patterns, latent, latent_logdet, vq_init, fusion:
+        ablation switches (quantize, concept_patterns, latent, latent_logdet, vq_init,
+        vq_dead_threshold: 0 never restarts a dead code; fusion:
         False scores each scale's latent as it leaves its own flow, with no cross-scale flow and
         no fourth pattern level)."""
         super().__init__()
