@@ -100,7 +100,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     from vqflow.engine.build import load_run
     from vqflow.engine.fit import split_validation
     from vqflow.model.scores import gaussian_blur, log_likelihood_maps, score_batch, topk_mean
-    from vqflow.model.vqflow import nll_per_dim
+    from vqflow.model.vqflow import nll_parts, nll_per_dim
 
     tr = load_run(run, "cpu")
     cfg, det = tr.cfg, tr.detector
@@ -124,10 +124,8 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
                 rows["abs_topk"] += topk_mean(neg, det.topk).tolist()
                 rows["abs_mean"] += neg.flatten(1).mean(1).tolist()
                 rows["nll"] += nll_per_dim(head).tolist()
-                dims = sum(u[0].numel() for u in head.u)
-                rows["energy"] += (sum(0.5 * u.pow(2).flatten(1).sum(1) for u in head.u) / dims).tolist()
-                rows["flow_logdet"] += (-(head.logdet - head.latent_logdet) / dims).tolist()
-                rows["latent_logdet"] += (-head.latent_logdet / dims).tolist()
+                for name, value in zip(PARTS, nll_parts(head)):
+                    rows[name] += value.tolist()
                 rows["gdist"] += (y - y_hat).norm(dim=1).tolist()
                 for sigma in (0, 2, 4, 8):
                     blurred = gaussian_blur(-loglik.sum(1), sigma)

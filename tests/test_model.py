@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from vqflow import config
 from vqflow.engine.build import build_head
 from vqflow.model.condition import BroadcastCondition, QuantizedCondition
 from vqflow.model.scores import log_likelihood_maps, score_batch
-from vqflow.model.vqflow import VQFlow, nll_per_dim, vqflow_loss
+from vqflow.model.vqflow import VQFlow, nll_parts, nll_per_dim, vqflow_loss
 
 TINY = dict(
     global_dim=16, pos_dim=8, num_concepts=4, num_patterns=16, flow_blocks=[1, 1, 1], subnet_hidden=16, fusion_hidden=16
@@ -117,6 +119,9 @@ def test_latent_logdet_switch_changes_only_the_jacobian():
     hw = sum(u.shape[1] * u.shape[2] * u.shape[3] for u in a.u)
     assert torch.allclose(b.logdet - a.logdet, torch.full((2,), hw * torch.log(scale).item()), rtol=1e-4)
     assert torch.allclose(a.latent_logdet, a.logdet - b.logdet) and not b.latent_logdet.any()
+    energy, flow, latent = nll_parts(a)
+    assert torch.allclose(energy + flow + latent + 0.5 * math.log(2 * math.pi), nll_per_dim(a))
+    assert torch.allclose(latent * hw, -a.latent_logdet) and bool((latent > 0).all())  # scale > 1 costs likelihood
 
 
 def test_nll_per_dim_is_the_change_of_variables_density():

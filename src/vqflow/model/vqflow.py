@@ -253,11 +253,26 @@ class VQFlow(nn.Module):
             q.generator.set_state(states[k])
 
 
+def _latent_dims(out: VQFlowOutput) -> int:
+    """Dimensions of one image's latents, over all scales."""
+    return sum(u[0].numel() for u in out.u)
+
+
+def _energy(out: VQFlowOutput) -> torch.Tensor:
+    """0.5 |u|^2 per image (B,), over all scales."""
+    return sum(0.5 * u.pow(2).flatten(1).sum(1) for u in out.u)
+
+
 def nll_per_dim(out: VQFlowOutput) -> torch.Tensor:
     """Per-image negative log-likelihood in nats per dimension (B,), Gaussian constant included."""
-    dims = sum(u[0].numel() for u in out.u)
-    sq = sum(0.5 * u.pow(2).flatten(1).sum(1) for u in out.u)
-    return (sq - out.logdet) / dims + 0.5 * math.log(2 * math.pi)
+    return (_energy(out) - out.logdet) / _latent_dims(out) + 0.5 * math.log(2 * math.pi)
+
+
+def nll_parts(out: VQFlowOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """nll_per_dim's three parts per dimension (B,) each, which sum to it less the Gaussian
+    constant: the latents' energy, minus the flows' log-det, minus the concept latent's log-det."""
+    dims = _latent_dims(out)
+    return _energy(out) / dims, -(out.logdet - out.latent_logdet) / dims, -out.latent_logdet / dims
 
 
 def vqflow_loss(out: VQFlowOutput, commitment_weight: float = 1.0) -> torch.Tensor:
