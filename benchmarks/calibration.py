@@ -221,19 +221,20 @@ def make_zmix() -> Callable:
     return rule
 
 
-def make_shift(source: str, prior: float) -> Callable:
-    """Per-concept offsets only (one common spread): vqflow.calibration.concept_thresholds, with the
-    offsets taken from the training or the held-out normals."""
+def make_shift(source: str, prior: float, tail_images: int = 0) -> Callable:
+    """Per-concept offsets (one common spread): vqflow.calibration.concept_thresholds, with the
+    offsets taken from the training or the held-out normals; `tail_images` > 0 adds its floor
+    at each concept's own training tail."""
     from vqflow.calibration import concept_thresholds
 
     def rule(tr: dict, va: dict, q: float) -> tuple[float, dict[int, float]]:
         src = tr if source == "train" else va
-        return concept_thresholds(src["score"], src["concept"], va["score"], va["concept"], q, prior)
+        return concept_thresholds(src["score"], src["concept"], va["score"], va["concept"], q, prior, tail_images)
 
     return rule
 
 
-rule_vqflow = make_shift("train", 20.0)  # what fit does (score.concept_prior 20)
+rule_vqflow = make_shift("train", 20.0, 20)  # what fit does (score.concept_prior 20, TAIL_IMAGES 20)
 
 
 def make_tail(kind: str, prior: float = 20.0) -> Callable:
@@ -267,9 +268,10 @@ def make_tail(kind: str, prior: float = 20.0) -> Callable:
     return rule
 
 
-PER_CLASS_RULES = ("global", "vqflow (concept offsets)")
+PER_CLASS_RULES = ("global", "concept offsets", "vqflow (concept offsets + tails)")
 RULES: dict[str, Callable] = {
-    "vqflow (concept offsets)": rule_vqflow,
+    "vqflow (concept offsets + tails)": rule_vqflow,
+    "concept offsets": make_shift("train", 20.0),
     "global": rule_global,
     "min10 (0.2)": rule_min10,
     "ztrain k=5": make_ztrain(5),

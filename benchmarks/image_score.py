@@ -47,6 +47,7 @@ import torch
 
 # A sibling in benchmarks/ (not a package): on sys.path when this file runs as a script.
 import calibration
+from vqflow.calibration import TAIL_IMAGES
 
 # The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
 SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.03, 0.1)]
@@ -194,7 +195,9 @@ def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> di
     return out
 
 
-def judge(ev: dict[str, dict[str, np.ndarray]], score: dict[str, np.ndarray], quantile: float, prior: float) -> dict:
+def judge(
+    ev: dict[str, dict[str, np.ndarray]], score: dict[str, np.ndarray], quantile: float, prior: float, tail_images: int
+) -> dict:
     """Image AUROC per class, and per-class false alarms / defects caught at the calibrated thresholds."""
     from sklearn.metrics import roc_auc_score
 
@@ -202,7 +205,7 @@ def judge(ev: dict[str, dict[str, np.ndarray]], score: dict[str, np.ndarray], qu
 
     tr, va, te = ev["train"], ev["val"], ev["test"]
     val_score, val_concept = (score["val"], va["concept"]) if len(va["rel"]) else (score["train"], tr["concept"])
-    glob, per = concept_thresholds(score["train"], tr["concept"], val_score, val_concept, quantile, prior)
+    glob, per = concept_thresholds(score["train"], tr["concept"], val_score, val_concept, quantile, prior, tail_images)
     thr = np.array([per.get(int(c), glob) for c in te["concept"]])
     flagged = score["test"] > thr
     auroc, fa = {}, {}
@@ -250,6 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--quantile", type=float, default=0.99)
     ap.add_argument("--prior", type=float, default=20.0)
+    ap.add_argument(
+        "--tail-images",
+        type=int,
+        default=TAIL_IMAGES,
+        help="training normals a concept needs before its own tail bounds its threshold (0: pooled margin only)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.build_fmnist_dev and not args.build_fmnist_dev[1].exists():
@@ -257,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     per_run = {run.name: evidence(run, args.workdir, args.test_data) for run in args.runs}
     table = {}
     for name, parts in CANDIDATES.items():
-        judged = [judge(ev, combined(ev, parts), args.quantile, args.prior) for ev in per_run.values()]
+        judged = [
+            judge(ev, combined(ev, parts), args.quantile, args.prior, args.tail_images) for ev in per_run.values()
+        ]
         table[name] = {
             "per_run": judged,
             "auroc": spread([j["auroc"] for j in judged]),
@@ -272,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}  ",
         f"Machine: {platform.platform()}, torch {torch.__version__}  ",
         f"Runs (one per seed): {', '.join(str(r) for r in args.runs)}  ",
-        f"Thresholds: calibration.concept_thresholds, quantile {args.quantile}, prior {args.prior}",
+        f"Thresholds: calibration.concept_thresholds, quantile {args.quantile}, prior {args.prior}, "
+        f"tail images {args.tail_images}",
         "",
         "Mean (min..max) over the runs, in %:",
         "",

@@ -23,7 +23,7 @@ def test_thresholds_follow_each_concepts_typical_score():
     ts, tc = _sample(rng, offsets, 600)
     vs, vc = _sample(rng, offsets, 60)
     prior, q = 20.0, 0.9
-    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior)
+    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0)
     pooled = np.median(ts)
     expect = {}
     for k in offsets:
@@ -40,11 +40,47 @@ def test_thresholds_follow_each_concepts_typical_score():
         assert flagged[fc == k].mean() < 0.25
 
 
+def test_a_concept_that_varies_more_keeps_its_threshold_above_its_own_training_tail():
+    """Brute force: a concept with >= tail_images training normals is judged against at least the
+    quantile of its own training scores plus the held-out normals' median excess (> 0: the model
+    has seen its training normals); a concept with fewer keeps offset + margin."""
+    rng = np.random.default_rng(3)
+    spread = {0: 0.05, 1: 0.05, 2: 0.6}
+    center = {0: 0.2, 1: 0.5, 2: 0.8}
+
+    def draw(n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        concepts = np.concatenate([np.full(n, 0), np.full(n, 1), np.full(n, 2), [3] * 5])
+        scores = np.array([center.get(c, 0.5) + shift + rng.normal(0, spread.get(c, 0.05)) for c in concepts])
+        return scores, concepts
+
+    ts, tc = draw(200, 0.0)
+    vs, vc = draw(10, 0.1)  # held-out normals score higher than the training ones
+    q, prior = 0.99, 20.0
+    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=20)
+    thr0, per0 = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0)
+    assert thr == thr0
+    pooled, offsets = np.median(ts), {}
+    for k in (0, 1, 2, 3):
+        n = int((tc == k).sum())
+        offsets[k] = (n * np.median(ts[tc == k]) + prior * pooled) / (n + prior)
+    excess = np.array([s - offsets[int(k)] for s, k in zip(vs, vc)])
+    margin, gap = np.quantile(excess, q), max(np.median(excess), 0.0)
+    assert gap > 0.05
+    for k in (0, 1, 2):
+        assert per[k] == pytest.approx(max(offsets[k] + margin, np.quantile(ts[tc == k], q) + gap))
+    assert per[3] == pytest.approx(offsets[3] + margin) == pytest.approx(per0[3])  # 5 training normals
+    assert per[2] > per0[2]  # the wide concept's tail lies above the pooled margin
+    fresh, fc = draw(4000, 0.1)
+    wide = fc == 2
+    flagged = (fresh[wide] > per[2]).mean()
+    assert flagged < 0.05 < (fresh[wide] > per0[2]).mean()
+
+
 def test_a_huge_prior_gives_one_global_threshold():
     rng = np.random.default_rng(1)
     ts, tc = _sample(rng, {0: 0.2, 1: 0.7}, 200)
     vs, vc = _sample(rng, {0: 0.2, 1: 0.7}, 40)
-    thr, per = concept_thresholds(ts, tc, vs, vc, 0.99, 1e12)
+    thr, per = concept_thresholds(ts, tc, vs, vc, 0.99, 1e12, tail_images=0)
     assert thr == pytest.approx(np.quantile(vs, 0.99))
     assert all(v == pytest.approx(thr) for v in per.values())
 

@@ -76,8 +76,17 @@ def concept_excess(scores: Any, concepts: Any, pooled: float, offsets: dict[int,
     return np.array([s - offsets.get(int(k), pooled) for s, k in zip(np.asarray(scores), np.asarray(concepts))])
 
 
+TAIL_IMAGES = 20  # training normals a concept needs before its own tail bounds its threshold
+
+
 def concept_thresholds(
-    train_scores: Any, train_concepts: Any, val_scores: Any, val_concepts: Any, quantile: float, prior: float
+    train_scores: Any,
+    train_concepts: Any,
+    val_scores: Any,
+    val_concepts: Any,
+    quantile: float,
+    prior: float,
+    tail_images: int = TAIL_IMAGES,
 ) -> tuple[float, dict[int, float]]:
     """Verdict thresholds per learned concept: (global threshold, {concept: threshold}).
 
@@ -85,11 +94,25 @@ def concept_thresholds(
     held-out ones are a handful); how far above it a normal may score comes from the held-out
     normals, pooled over concepts: the `quantile` of (score - its concept's offset). A concept no
     training normal fell into gets the pooled offset: the global threshold.
-    benchmarks/results/calibration_*.md compares this rule with others.
+
+    A pooled margin is too small for a concept whose normals vary more than most (a texture with
+    rare large structures). So a concept with at least `tail_images` training normals (0: never)
+    also keeps its threshold above the `quantile` of its own training normals' scores, raised by
+    how far held-out normals sit above training ones (the median excess, the model having seen
+    the training normals). benchmarks/results/calibration_*.md compares this rule with others.
     """
     pooled, offsets = concept_offsets(train_scores, train_concepts, prior)
-    margin = float(np.quantile(concept_excess(val_scores, val_concepts, pooled, offsets), quantile))
-    return pooled + margin, {k: off + margin for k, off in offsets.items()}
+    excess = concept_excess(val_scores, val_concepts, pooled, offsets)
+    margin = float(np.quantile(excess, quantile))
+    per = {k: off + margin for k, off in offsets.items()}
+    if tail_images > 0:
+        gap = max(float(np.median(excess)), 0.0)
+        ts, tc = np.asarray(train_scores, dtype=np.float64), np.asarray(train_concepts)
+        for k in per:
+            own = ts[tc == k]
+            if len(own) >= tail_images:
+                per[k] = max(per[k], float(np.quantile(own, quantile)) + gap)
+    return pooled + margin, per
 
 
 @dataclass
