@@ -17,6 +17,7 @@ benchmarks/results/calibration_<set>.json and .md.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import platform
@@ -131,9 +132,20 @@ def collect(run: Path) -> dict[str, dict[str, list]]:
 
 
 def _group(path: str, cls: str) -> str:
-    """The class a verdict is counted for: the garment for FMNIST, else the class folder."""
-    stem = Path(path).stem
-    return stem.split("_")[0] if cls == "fmnist" else cls
+    """The class a verdict is counted for: the garment for FMNIST (from the file name of this
+    benchmark's PNG layout, or from the labels beside the IDX file of an `fmnist:` record),
+    else the class folder."""
+    if cls != "fmnist":
+        return cls
+    if "#" not in path:
+        return Path(path).stem.split("_")[0]
+    images, index = path.removeprefix("fmnist:").rsplit("#", 1)
+    return GARMENTS[int(_labels(images.replace("images-idx3", "labels-idx1"))[int(index)])]
+
+
+@functools.cache
+def _labels(path: str) -> np.ndarray:
+    return _idx(Path(path))
 
 
 # ---- threshold rules: (train, val, quantile) -> (global threshold, {concept: threshold}) ----
