@@ -237,7 +237,7 @@ def test_engine_onnx_refuses_a_gpu_device(tiny_run, inputs, tmp_path, capsys):
 def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_run):
     """Recomputed from scratch: the held-out normals' evidence gives the saved centre and scale,
     and the run's global threshold is the quantile rule on those standardised scores."""
-    from vqflow.calibration import concept_thresholds, standardisation
+    from vqflow.calibration import TAIL_IMAGES, concept_thresholds, standardisation
     from vqflow.data import ImageDataset, load_data
     from vqflow.data.sample import collate
     from vqflow.engine.fit import split_validation
@@ -261,10 +261,14 @@ def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_r
     assert det.calibration.score_scale == pytest.approx(scale, rel=1e-5)
     train_ev, train_concepts = evidence(train)
     cal = det.calibration
-    glob, _ = concept_thresholds(
+    glob, per = concept_thresholds(
         cal.combine(train_ev), train_concepts, cal.combine(val_ev), val_concepts, cal.quantile, cfg.score.concept_prior
     )
     assert cal.threshold == pytest.approx(glob, rel=1e-5, abs=1e-6)
+    assert cal.tail_images == TAIL_IMAGES > 0
+    assert set(cal.concept_thresholds) == set(per)
+    for k, v in per.items():
+        assert cal.concept_thresholds[k] == pytest.approx(v, rel=1e-5, abs=1e-6)
 
 
 def test_a_run_calibrated_before_the_combined_score_keeps_the_map_score(tiny_run, tmp_path):

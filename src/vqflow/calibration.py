@@ -124,7 +124,7 @@ class Calibration:
     `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
     by the report and `vqflow predict` so that a colour means the same score in both.
     `score_center` and `score_scale` standardise the image score's components (score.image_score
-    "combined"); empty: the score is their plain sum.
+    "combined"); empty: the score is their plain sum. `tail_images` records the rule's tail floor.
     """
 
     threshold: float = math.nan
@@ -137,6 +137,7 @@ class Calibration:
     concept_classes: dict[int, str] = field(default_factory=dict)  # concept -> majority class
     score_center: list[float] = field(default_factory=list)
     score_scale: list[float] = field(default_factory=list)
+    tail_images: int = 0  # concept_thresholds' training-tail floor (0: none, as in older checkpoints)
 
     @property
     def ready(self) -> bool:
@@ -197,6 +198,7 @@ class Calibration:
                 concept_classes={int(k): str(v) for k, v in d.get("concept_classes", {}).items()},
                 score_center=[float(v) for v in d.get("score_center", [])],
                 score_scale=[float(v) for v in d.get("score_scale", [])],
+                tail_images=int(d.get("tail_images", 0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise VQFlowError(f"{where} is damaged ({type(e).__name__}: {e}); export or fit the run again") from None

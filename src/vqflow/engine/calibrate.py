@@ -8,7 +8,14 @@ from collections import Counter
 import numpy as np
 import torch
 
-from vqflow.calibration import Calibration, ScoreStats, concept_thresholds, standardisation, standardised_sum
+from vqflow.calibration import (
+    TAIL_IMAGES,
+    Calibration,
+    ScoreStats,
+    concept_thresholds,
+    standardisation,
+    standardised_sum,
+)
 from vqflow.engine.features import FeatureSource
 from vqflow.model.detector import Detector
 
@@ -67,7 +74,9 @@ def calibrate(
     )
     center, scale = standardisation(ev) if det.image_score == "combined" else ([], [])
     train_score, score = standardised_sum(train_ev, center, scale), standardised_sum(ev, center, scale)
-    threshold, per_concept = concept_thresholds(train_score, train_concepts, score, concept, quantile, concept_prior)
+    threshold, per_concept = concept_thresholds(
+        train_score, train_concepts, score, concept, quantile, concept_prior, TAIL_IMAGES
+    )
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):
         votes.setdefault(int(c), Counter())[cls] += 1
@@ -84,5 +93,6 @@ def calibrate(
         concept_classes=majority,
         score_center=center,
         score_scale=scale,
+        tail_images=TAIL_IMAGES,
     )
     return det.calibration

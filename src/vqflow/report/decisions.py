@@ -205,6 +205,12 @@ def rule_text(d: Decisions) -> str:
         f"score above their concept's typical score. The global threshold <b>{format_score(d.global_threshold)}</b> "
         "applies to a concept fit never saw."
     )
+    if cal.tail_images:
+        text += (
+            f" A concept with at least {cal.tail_images} training normals keeps its threshold at or above the same "
+            "quantile of its own training normals' scores, plus how far the held-out normals score above their "
+            "concepts' typical scores (median): a concept whose normals vary more gets a wider margin."
+        )
     if cal.concept_thresholds:
         values = list(cal.concept_thresholds.values())
         used = "some test images are judged by them" if d.per_concept else "no test image falls in those concepts"
