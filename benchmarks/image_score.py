@@ -21,6 +21,8 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - abs_topk / abs_mean: the top-k mean / the mean of the blurred absolute NLL map -M;
 - nll: the image's exact NLL per dimension (latents and log-determinant), the flow's likelihood;
 - gdist: how far the global vector lies from its concept prototype, |y - y_hat|;
+- knn: the distance of the image's global feature (unit-length mean of f4) to its k-th nearest
+  training normal's (a training normal's own entry left out): the global part of local_knn;
 - energy / flow_logdet / latent_logdet: the three parts of nll (the latents' 0.5 |u|^2, minus the
   flows' log-determinant, minus the concept-aware latent's log-determinant, each per dimension);
 - abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
@@ -52,7 +54,8 @@ from vqflow.calibration import TAIL_IMAGES
 # The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
 SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.03, 0.1)]
 PARTS = ("energy", "flow_logdet", "latent_logdet")  # nll = their sum + a constant
-COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", *PARTS, *SWEEP)
+COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", "knn", *PARTS, *SWEEP)
+KNN_K = 10  # the k-NN component's neighbour (score.knn_k)
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "rel": ("rel",),
     "abs_topk": ("abs_topk",),
@@ -83,6 +86,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "abs_topk+energy+|flow_logdet|": ("abs_topk", "energy", "|flow_logdet|"),
     "abs_topk+energy+latent_logdet+|flow_logdet|": ("abs_topk", "energy", "latent_logdet", "|flow_logdet|"),
     "abs_topk+nll+|flow_logdet|": ("abs_topk", "nll", "|flow_logdet|"),
+    # the global feature's distance to its k-th nearest training normal (score.image_score=local_knn)
+    "knn": ("knn",),
+    "abs_topk+knn": ("abs_topk", "knn"),
+    "abs_topk+nll+knn": ("abs_topk", "nll", "knn"),
+    "abs_topk+energy+knn": ("abs_topk", "energy", "knn"),
 }
 
 
@@ -90,7 +98,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     """Per part (train, val, test): every component, concept, class, label; cached as JSON.
     `test_data`: a data spec whose test split replaces the run's own (development data)."""
     tag = "" if test_data is None else "_" + "".join(ch if ch.isalnum() else "_" for ch in test_data)[-40:]
-    cache = workdir / f"{run.name}{tag}_evidence_v3.json"
+    cache = workdir / f"{run.name}{tag}_evidence_v4.json"
     if cache.exists():
         raw = json.loads(cache.read_text())
         return {part: {k: np.asarray(v) for k, v in d.items()} for part, d in raw.items()}
@@ -109,6 +117,10 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
     test = splits.test if test_data is None else load_data([test_data], None, None).test
+    with torch.no_grad():  # the k-NN bank: every training normal's global feature, as calibrate builds it
+        loader = DataLoader(ImageDataset(train, cfg.data.image_size), batch_size=16, collate_fn=collate)
+        det.knn_bank = torch.cat([det.global_feature(det.features(b.image)[3]) for b in loader])
+    det.knn_k = KNN_K
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, recs in (("train", train), ("val", val), ("test", test)):
         rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "concept", "cls", "label")}
@@ -116,6 +128,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
         with torch.no_grad():
             for batch in loader:
                 feats = det.features(batch.image)
+                rows["knn"] += det.knn_distance(feats[3], int(part == "train")).tolist()
                 head = det.head(feats)
                 y, y_hat, concept, _ = det.head._concept(feats[3])
                 loglik = log_likelihood_maps(head.u, size)

@@ -39,3 +39,17 @@ def test_a_two_sided_component_counts_its_distance_from_the_normals_median():
 
     np.testing.assert_allclose(score, z("a", test["a"]) + np.abs(z("b", test["b"])))
     assert score[0] > score[4] < score[8]  # far below the normals is as suspicious as far above
+
+
+def test_an_idx_record_is_counted_under_its_garment(tmp_path):
+    """A Fashion-MNIST record of the IDX loader ("fmnist:<images>#<index>") is grouped by the label
+    beside its images file, a PNG of the benchmark's layout by its file name."""
+    import calibration
+
+    labels = np.array([3, 9, 0], dtype=np.uint8)
+    peers.write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    images = tmp_path / "t10k-images-idx3-ubyte"
+    got = [calibration._group(f"fmnist:{images}#{i}", "fmnist") for i in range(3)]
+    assert got == [calibration.GARMENTS[g] for g in labels] == ["dress", "boot", "tshirt"]
+    assert calibration._group("/x/test/good/coat_00012.png", "fmnist") == "coat"
+    assert calibration._group("/x/brick/test/good/000.png", "brick") == "brick"

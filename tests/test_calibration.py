@@ -112,5 +112,6 @@ def test_standardisation_is_the_median_and_the_5_to_95_spread():
 
 def test_reference_preset_keeps_the_papers_image_score():
     assert preset("reference").score.image_score == "map"
-    assert preset("fast").score.image_score == "combined" and preset("fast").score.topk == 0.01
+    assert preset("fast").score.image_score == "local_knn" and preset("fast").score.topk == 0.01
+    assert preset("fast").score.knn_k == 10
     assert preset("reference").score.topk == 0.03

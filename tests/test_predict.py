@@ -235,40 +235,89 @@ def test_engine_onnx_refuses_a_gpu_device(tiny_run, inputs, tmp_path, capsys):
 
 
 def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_run):
-    """Recomputed from scratch: the held-out normals' evidence gives the saved centre and scale,
-    and the run's global threshold is the quantile rule on those standardised scores."""
+    """Recomputed from scratch: the k-NN bank is the training normals' unit-length mean f4
+    feature; each image's k-NN part is its distance to the k-th nearest bank entry (a training
+    normal's own entry left out), found by scikit-learn; the held-out normals' evidence gives the
+    saved centre and scale, and the run's thresholds are the concept rule on those scores."""
+    from sklearn.neighbors import NearestNeighbors
+
     from vqflow.calibration import TAIL_IMAGES, concept_thresholds, standardisation
     from vqflow.data import ImageDataset, load_data
     from vqflow.data.sample import collate
     from vqflow.engine.fit import split_validation
+    from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, topk_mean
 
     tr = load_run(tiny_run, "cpu")
     cfg, det = tr.cfg, tr.detector
-    assert det.image_score == "combined" and len(det.calibration.score_center) == 2
+    assert det.image_score == "local_knn" and len(det.calibration.score_center) == 2
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
     assert len(val) > 0
+    size = (cfg.data.image_size, cfg.data.image_size)
 
-    def evidence(recs):
+    def parts(recs):
+        """(global features (N, C), local top-k (N,), concepts (N,)) from the backbone and head."""
         ds = ImageDataset(recs, cfg.data.image_size)
+        g, local, concepts = [], [], []
         with torch.no_grad():
-            preds = [det(collate([ds[i]]).image) for i in range(len(ds))]
-        return np.concatenate([p.evidence.numpy() for p in preds]), np.concatenate([p.concept.numpy() for p in preds])
+            for i in range(len(ds)):
+                feats = det.features(collate([ds[i]]).image)
+                mean = feats[3].mean(dim=(2, 3)).double().numpy()
+                g.append(mean / np.linalg.norm(mean, axis=1, keepdims=True))
+                out = det.head(feats)
+                nll_map = absolute_nll_map(log_likelihood_maps(out.u, size), det.blur_sigma)
+                local.append(topk_mean(nll_map, det.topk).numpy())
+                concepts.append(out.concept.numpy())
+        return np.concatenate(g), np.concatenate(local), np.concatenate(concepts)
 
-    val_ev, val_concepts = evidence(val)
+    train_g, train_local, train_concepts = parts(train)
+    val_g, val_local, val_concepts = parts(val)
+    assert det.knn_bank.double().numpy() == pytest.approx(train_g, abs=1e-5)
+    k = cfg.score.knn_k
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(train_g)
+    train_knn = nn.kneighbors(train_g)[0][:, k]  # the first neighbour is the image itself
+    val_knn = nn.kneighbors(val_g, n_neighbors=k)[0][:, k - 1]
+    train_ev = np.stack([train_local, train_knn], 1)
+    val_ev = np.stack([val_local, val_knn], 1)
+    with torch.no_grad():
+        pred = det(collate([ImageDataset(val, cfg.data.image_size)[0]]).image)
+        own = det.features(collate([ImageDataset(train, cfg.data.image_size)[0]]).image)
+        left_out = det.predict_features(own, size, knn_skip=1)
+    assert pred.evidence.double().numpy()[0] == pytest.approx(val_ev[0], rel=1e-4, abs=1e-5)
+    assert left_out.evidence.double().numpy()[0] == pytest.approx(train_ev[0], rel=1e-4, abs=1e-5)
+
     center, scale = standardisation(val_ev)
-    assert det.calibration.score_center == pytest.approx(center, rel=1e-5)
-    assert det.calibration.score_scale == pytest.approx(scale, rel=1e-5)
-    train_ev, train_concepts = evidence(train)
+    assert det.calibration.score_center == pytest.approx(center, rel=1e-4, abs=1e-5)
+    assert det.calibration.score_scale == pytest.approx(scale, rel=1e-4, abs=1e-5)
     cal = det.calibration
     glob, per = concept_thresholds(
         cal.combine(train_ev), train_concepts, cal.combine(val_ev), val_concepts, cal.quantile, cfg.score.concept_prior
     )
-    assert cal.threshold == pytest.approx(glob, rel=1e-5, abs=1e-6)
+    assert cal.threshold == pytest.approx(glob, rel=1e-4, abs=1e-5)
     assert cal.tail_images == TAIL_IMAGES > 0
     assert set(cal.concept_thresholds) == set(per)
-    for k, v in per.items():
-        assert cal.concept_thresholds[k] == pytest.approx(v, rel=1e-5, abs=1e-6)
+    for key, v in per.items():
+        assert cal.concept_thresholds[key] == pytest.approx(v, rel=1e-4, abs=1e-5)
+
+
+def test_calibration_leaves_each_training_normal_out_of_its_own_neighbours(tiny_data, tmp_path, monkeypatch):
+    """Fit scores the training normals with their own bank entry skipped and the held-out ones
+    against the whole bank, as a new image would be."""
+    from tiny_run import tiny_args
+    from vqflow.cli import main
+    from vqflow.engine import calibrate
+
+    calls = []
+    original = calibrate._predict
+
+    def spy(det, src, size, batch_size, device, knn_skip=0):
+        calls.append((len(src), knn_skip, det.knn_bank.shape[0]))
+        return original(det, src, size, batch_size, device, knn_skip)
+
+    monkeypatch.setattr(calibrate, "_predict", spy)
+    assert main(["fit", "--data", f"mvtec:{tiny_data}", "--out", str(tmp_path / "run"), *tiny_args(1)]) == 0
+    (n_train, train_skip, bank), (n_val, val_skip, _) = calls
+    assert (train_skip, val_skip) == (1, 0) and bank == n_train and n_val > 0
 
 
 def test_a_run_calibrated_before_the_combined_score_keeps_the_map_score(tiny_run, tmp_path):

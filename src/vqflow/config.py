@@ -77,7 +77,10 @@ class TrainConfig:
 class ScoreConfig:
     """How flow outputs become anomaly maps and image scores (METHOD.md section 6)."""
 
-    image_score: str = "combined"  # "combined" (local top-k + image NLL, standardised) or "map" (the paper's)
+    # "local_knn" (local top-k + the global feature's k-NN distance to the training normals),
+    # "combined" (local top-k + the image's NLL), each part standardised; or "map" (the paper's)
+    image_score: str = "local_knn"
+    knn_k: int = 10  # under image_score=local_knn: the distance to the k-th nearest training normal
     image_map: str = "mul"  # map whose top-k mean is the image score under image_score=map
     pixel_map: str = "add"  # map used for pixel metrics and heatmaps
     topk: float = 0.03  # fraction of pixels averaged for the image score
@@ -107,7 +110,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.select": ("last", "val"),
     "train.schedule": ("constant", "cosine"),
     "train.precision": ("auto", "fp32", "fp16", "bf16"),
-    "score.image_score": ("combined", "map"),
+    "score.image_score": ("local_knn", "combined", "map"),
     "score.image_map": ("mul", "add", "nll"),
     "score.pixel_map": ("mul", "add", "nll"),
     "score.normalization": ("image", "train"),
@@ -140,6 +143,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "score.blur_sigma": (0.0, 256.0),
     "score.threshold_quantile": (0.0, 1.0),
     "score.concept_prior": (0.0, INF),
+    "score.knn_k": (1, INF),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

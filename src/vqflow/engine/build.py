@@ -110,6 +110,7 @@ def build_detector(
         blur_sigma=s.blur_sigma,
         normalization=s.normalization,
         image_score=image_score,
+        knn_k=s.knn_k,
         calibration=calibration,
         autocast=backbone_autocast(cfg.train.precision, next(backbone.parameters(), torch.empty(0)).device),
     )
@@ -157,7 +158,10 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
             f"run {folder} has no calibration (fit did not finish); continue it with "
             f"'vqflow fit --out {folder} --resume'"
         )
-    detector = build_detector(cfg, backbone, head, calibration).to(dev).eval()
+    detector = build_detector(cfg, backbone, head, calibration)
+    if "knn_bank" in payload:
+        detector.knn_bank = payload["knn_bank"].float()
+    detector = detector.to(dev).eval()
     return TrainedRun(folder, cfg, detector, payload, dev)
 
 

@@ -20,6 +20,7 @@ from vqflow.engine.features import FeatureSource
 from vqflow.model.detector import Detector
 
 STATS_IMAGES = 64  # training images whose maps give the 'train' normalisation statistics
+KNN_BANK_IMAGES = 20000  # training normals kept for the image score's k-NN term (memory: N x C floats)
 
 
 def spread_indices(n: int, k: int) -> torch.Tensor:
@@ -30,12 +31,22 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, k).round().long().unique()
 
 
-def _predict(det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device):
+def knn_bank(src: FeatureSource, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, C) unit-length global features of the training normals for the k-NN term, at most
+    KNN_BANK_IMAGES of them, spread evenly over the records."""
+    pick = spread_indices(len(src), KNN_BANK_IMAGES)
+    with torch.no_grad():
+        return torch.cat([Detector.global_feature(src.get(i, device)[3]) for i in pick.split(batch_size)])
+
+
+def _predict(
+    det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device, knn_skip: int = 0
+):
     """(image-score evidence (N, K), concepts (N,), a sample of pixel-map values)."""
     evidence, concepts, pixels = [], [], []
     with torch.no_grad():
         for idx in torch.arange(len(src)).split(batch_size):
-            pred = det.predict_features(src.get(idx, device), size)
+            pred = det.predict_features(src.get(idx, device), size, knn_skip)
             evidence.append(pred.evidence.cpu())
             concepts.append(pred.concept.cpu())
             pixels.append(pred.anomaly_map[:, ::8, ::8].flatten().cpu())
@@ -53,9 +64,10 @@ def calibrate(
     batch_size: int,
     device: torch.device,
 ) -> Calibration:
-    """Set and return `det.calibration`: the image score's standardisation (score.image_score
-    "combined") from the held-out normals, each concept's typical score from the training normals,
-    the margin above it from the held-out normals (training normals, which the model has seen,
+    """Set and return `det.calibration` (and, under score.image_score=local_knn, `det.knn_bank`
+    from the training normals): the image score's standardisation from the held-out normals,
+    each concept's typical score from the training normals, the margin above it from the
+    held-out normals (training normals, which the model has seen,
     when none are held out: thresholds then run low, and `source` says so); see
     calibration.concept_thresholds. `train_classes` (one per training record) name each
     concept's majority class."""
@@ -67,12 +79,18 @@ def calibrate(
             ll = [det.log_likelihood(train_src.get(i, device), size)[0].cpu() for i in pick.split(batch_size)]
         stats = ScoreStats.from_loglik(torch.cat(ll))
     det.calibration = Calibration(stats=stats)
-    train_ev, train_concepts, train_pix = _predict(det, train_src, size, batch_size, device)
+    knn = det.image_score == "local_knn"
+    if knn:
+        det.knn_bank = knn_bank(train_src, batch_size, device)
+    # A training normal in the bank is its own nearest neighbour: leave it out (skip 1), as it
+    # would be for a new image; past KNN_BANK_IMAGES most are not in the bank and none is skipped.
+    in_bank = knn and len(train_src) <= KNN_BANK_IMAGES
+    train_ev, train_concepts, train_pix = _predict(det, train_src, size, batch_size, device, int(in_bank))
     held_out = val_src is not None and len(val_src) > 0
     ev, concept, pix = (
         _predict(det, val_src, size, batch_size, device) if held_out else (train_ev, train_concepts, train_pix)
     )
-    center, scale = standardisation(ev) if det.image_score == "combined" else ([], [])
+    center, scale = standardisation(ev) if det.image_score != "map" else ([], [])
     train_score, score = standardised_sum(train_ev, center, scale), standardised_sum(ev, center, scale)
     threshold, per_concept = concept_thresholds(
         train_score, train_concepts, score, concept, quantile, concept_prior, TAIL_IMAGES

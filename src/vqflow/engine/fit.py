@@ -375,6 +375,8 @@ def _train(
             cfg.train.batch_size,
             device,
         ).to_dict()
+        if det.knn_bank.numel():
+            final["knn_bank"] = det.knn_bank.cpu()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
 

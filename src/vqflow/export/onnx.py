@@ -138,6 +138,8 @@ def _sidecar(tr: TrainedRun) -> Sidecar:
             "epoch": tr.payload.get("chosen_epoch", tr.payload.get("epoch")),
             "score": {
                 "image_score": tr.detector.image_score,
+                "knn_k": tr.detector.knn_k,
+                "knn_bank_images": int(tr.detector.knn_bank.shape[0]),
                 "image_map": s.image_map,
                 "pixel_map": s.pixel_map,
                 "topk": s.topk,

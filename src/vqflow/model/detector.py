@@ -20,7 +20,7 @@ from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, score_bat
 from vqflow.model.vqflow import VQFlow, nll_per_dim
 
 MAPS = ("mul", "add", "nll")
-IMAGE_SCORES = ("combined", "map")
+IMAGE_SCORES = ("local_knn", "combined", "map")
 
 
 @dataclass
@@ -43,11 +43,15 @@ class Detector(nn.Module):
     standardises them by the training-normal statistics held in `calibration.stats`.
     The image score (`image_score`):
     - "map", the paper's: the top-`topk` mean of the `image_map`;
-    - "combined": local and global evidence, the top-`topk` mean of the absolute NLL map
-      and the image's NLL per dimension under the flow, each standardised by the held-out
-      normals (`calibration.score_center`, `score_scale`) and summed. A relative map
-      discards what differs most between a normal image and one unlikely everywhere
-      (benchmarks/results/image_score_*.md).
+    - "local_knn": local and global evidence, the top-`topk` mean of the absolute NLL map and
+      the distance of the image's global feature (the unit-length mean of f4) to its `knn_k`-th
+      nearest training normal in `knn_bank` (set by calibration), each standardised by the
+      held-out normals (`calibration.score_center`, `score_scale`) and summed;
+    - "combined": the same local evidence with the image's NLL per dimension under the flow
+      as the global part.
+    A relative map discards what differs most between a normal image and one unlikely
+    everywhere; the flow's image NLL ranks some unseen kinds of image as more likely than
+    normal ones (benchmarks/results/image_score_*.md, docs/RESULTS.md section 5).
     `autocast`: the backbone's compute type under torch.autocast (fp16 or bf16), None for its
     own (fp32); its features reach the head in fp32 whatever it is, so the flows stay fp32.
     """
@@ -63,6 +67,7 @@ class Detector(nn.Module):
         blur_sigma: float = 0.0,
         normalization: str = "image",
         image_score: str = "map",
+        knn_k: int = 10,
         calibration: Calibration | None = None,
         autocast: torch.dtype | None = None,
     ):
@@ -75,9 +80,11 @@ class Detector(nn.Module):
             raise VQFlowError(f"the image score must be one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
         self.backbone, self.head = backbone, head
         self.image_map, self.pixel_map, self.topk, self.blur_sigma = image_map, pixel_map, topk, blur_sigma
-        self.normalization, self.image_score = normalization, image_score
+        self.normalization, self.image_score, self.knn_k = normalization, image_score, knn_k
         self.calibration = calibration or Calibration()
         self.autocast = autocast
+        # (N, C) unit-length global features of training normals, under image_score=local_knn
+        self.register_buffer("knn_bank", torch.zeros(0, 0), persistent=False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Pooled backbone features (h1, h2, h3, f4), fp32: what the head (and the feature cache) takes."""
@@ -95,8 +102,9 @@ class Detector(nn.Module):
         out = self.head(feats)
         return log_likelihood_maps(out.u, size), out.codes, out.concept
 
-    def predict_features(self, feats: list[torch.Tensor], size: tuple[int, int]) -> Prediction:
-        """Prediction from pooled features (the head must be in eval mode)."""
+    def predict_features(self, feats: list[torch.Tensor], size: tuple[int, int], knn_skip: int = 0) -> Prediction:
+        """Prediction from pooled features (the head must be in eval mode); `knn_skip` 1 scores
+        training normals that are in `knn_bank` themselves (calibration)."""
         out = self.head(feats)
         loglik = log_likelihood_maps(out.u, size)
         stats = None
@@ -110,8 +118,24 @@ class Detector(nn.Module):
         else:
             pixel = score_map(loglik, self.pixel_map, self.blur_sigma, stats)
             local = topk_mean(absolute_nll_map(loglik, self.blur_sigma), self.topk)
-            evidence = torch.stack([local, nll_per_dim(out).to(local.dtype)], 1)
+            glob = self.knn_distance(feats[3], knn_skip) if self.image_score == "local_knn" else nll_per_dim(out)
+            evidence = torch.stack([local, glob.to(local.dtype)], 1)
         return Prediction(self.standardised_sum(evidence), pixel, out.concept, out.codes, evidence)
+
+    @staticmethod
+    def global_feature(f4: torch.Tensor) -> torch.Tensor:
+        """(B, C) unit-length spatial mean of the last backbone stage: what the k-NN term compares."""
+        return nn.functional.normalize(f4.mean(dim=(2, 3)), dim=1)
+
+    def knn_distance(self, f4: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        """(B,) Euclidean distance of each image's global feature to its (`knn_k` + `skip`)-th
+        nearest one in `knn_bank` (skip 1: leave a training image's own entry out)."""
+        bank = self.knn_bank
+        if bank.numel() == 0:
+            raise VQFlowError("score.image_score=local_knn needs the training normals' features; calibrate first")
+        sim = self.global_feature(f4) @ bank.t()
+        kth = torch.topk(sim, min(self.knn_k + skip, bank.shape[0]), dim=1).values[:, -1]
+        return (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
 
     def standardised_sum(self, evidence: torch.Tensor) -> torch.Tensor:
         """The image score from its components (B, K): sum_k (e_k - center_k) / scale_k with the
