@@ -356,6 +356,36 @@ def test_combined_image_score_is_local_and_global_evidence_standardised():
     np.testing.assert_allclose(score, det.calibration.combine(pred.evidence.numpy()), rtol=1e-5, atol=1e-6)
 
 
+def test_local_knn_global_part_is_the_kth_neighbour_distance_and_needs_a_bank():
+    """Detector(image_score="local_knn"): the second evidence is the Euclidean distance of the unit-length
+    mean f4 to its k-th nearest bank row (scikit-learn's brute force); `knn_skip` moves one further;
+    before a bank exists the error says to calibrate."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    from vqflow.errors import VQFlowError
+    from vqflow.model.detector import Detector
+
+    m = tiny().eval()
+    det = Detector(torch.nn.Identity(), m, topk=0.05, image_score="local_knn", knn_k=3).eval()
+    x = feats(4, gen=torch.Generator().manual_seed(5))
+    with pytest.raises(VQFlowError, match="calibrate first"):
+        det.predict_features(x, (16, 16))
+    bank = F.normalize(torch.randn(9, x[3].shape[1], generator=torch.Generator().manual_seed(6)), dim=1)
+    det.knn_bank = bank
+    with torch.no_grad():
+        pred = det.predict_features(x, (16, 16))
+        skipped = det.predict_features(x, (16, 16), knn_skip=1)
+    g = x[3].mean(dim=(2, 3)).double().numpy()
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    dist = NearestNeighbors(n_neighbors=4).fit(bank.double().numpy()).kneighbors(g)[0]
+    np.testing.assert_allclose(pred.evidence[:, 1].numpy(), dist[:, 2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(skipped.evidence[:, 1].numpy(), dist[:, 3], rtol=1e-4, atol=1e-5)
+    ref = Detector(torch.nn.Identity(), m, topk=0.05, image_score="combined").eval()
+    with torch.no_grad():
+        assert torch.equal(pred.evidence[:, 0], ref.predict_features(x, (16, 16)).evidence[:, 0])
+
+
 def test_map_image_score_is_the_top_k_of_the_image_map():
     from vqflow.model.detector import Detector
 

@@ -124,7 +124,8 @@ class Calibration:
     `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
     by the report and `vqflow predict` so that a colour means the same score in both.
     `score_center` and `score_scale` standardise the image score's components (score.image_score
-    "local_knn" or "combined"); empty: the score is their plain sum. `tail_images` records the rule's tail floor.
+    "local_knn" or "combined"); empty: the score is their plain sum. `tail_images` is the rule's
+    training-tail floor (concept_thresholds).
     """
 
     threshold: float = math.nan

@@ -42,7 +42,8 @@ def knn_bank(src: FeatureSource, batch_size: int, device: torch.device) -> torch
 def _predict(
     det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device, knn_skip: int = 0
 ):
-    """(image-score evidence (N, K), concepts (N,), a sample of pixel-map values)."""
+    """(image-score evidence (N, K), concepts (N,), a sample of pixel-map values); `knn_skip` as
+    Detector.predict_features."""
     evidence, concepts, pixels = [], [], []
     with torch.no_grad():
         for idx in torch.arange(len(src)).split(batch_size):
@@ -67,10 +68,9 @@ def calibrate(
     """Set and return `det.calibration` (and, under score.image_score=local_knn, `det.knn_bank`
     from the training normals): the image score's standardisation from the held-out normals,
     each concept's typical score from the training normals, the margin above it from the
-    held-out normals (training normals, which the model has seen,
-    when none are held out: thresholds then run low, and `source` says so); see
-    calibration.concept_thresholds. `train_classes` (one per training record) name each
-    concept's majority class."""
+    held-out normals (training normals, which the model has seen, when none are held out:
+    thresholds then run low, and `source` says so); see calibration.concept_thresholds.
+    `train_classes` (one per training record) name each concept's majority class."""
     det.eval()
     stats = None
     if det.normalization == "train":
