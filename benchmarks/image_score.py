@@ -107,6 +107,8 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     from vqflow.data import ImageDataset, load_data
     from vqflow.data.sample import collate
     from vqflow.engine.build import load_run
+    from vqflow.engine.calibrate import knn_bank
+    from vqflow.engine.features import LiveFeatures
     from vqflow.engine.fit import split_validation
     from vqflow.model.scores import gaussian_blur, log_likelihood_maps, score_batch, topk_mean
     from vqflow.model.vqflow import nll_parts, nll_per_dim
@@ -117,9 +119,9 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
     test = splits.test if test_data is None else load_data([test_data], None, None).test
-    with torch.no_grad():  # the k-NN bank: every training normal's global feature, as calibrate builds it
-        loader = DataLoader(ImageDataset(train, cfg.data.image_size), batch_size=16, collate_fn=collate)
-        det.knn_bank = torch.cat([det.global_feature(det.features(b.image)[3]) for b in loader])
+    det.knn_bank = knn_bank(
+        LiveFeatures(det.features, ImageDataset(train, cfg.data.image_size)), 16, torch.device("cpu")
+    )
     det.knn_k = KNN_K
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, recs in (("train", train), ("val", val), ("test", test)):
