@@ -49,3 +49,18 @@ def test_help_shows_defaults_and_examples(capsys):
         main(["fit", "--help"])
     text = capsys.readouterr().out
     assert "fast 40" in text and "9826" in text and "auto (default" in text and "examples:" in text
+
+
+def test_option_type_errors_are_in_words(capsys):
+    import pytest
+
+    from vqflow.cli import main
+
+    for argv, words in (
+        (["fit", "--data", "demo", "--out", "x", "--epochs", "ten"], "--epochs: expects an integer, got 'ten'"),
+        (["predict", "--run", "x", "y", "--threshold", "high"], "--threshold: expects a number, got 'high'"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert words in err and "invalid" not in err, err
