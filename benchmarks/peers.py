@@ -6,6 +6,7 @@ and AUPRO (class means, %, from vqflow's own `class_metrics`, the function behin
 metrics.json, for every model), fit seconds and inference images/s, mean (min..max) over seeds:
 
     python benchmarks/peers.py --data demo --seeds 0 1 2
+    python benchmarks/peers.py --data dev --seeds 0 1 2            # development data: choose here
     python benchmarks/peers.py --data fmnist --seeds 0 1 2          # image AUROC only: no masks
     python benchmarks/peers.py --data fmnist --normal 5,6,7,8,9     # the other splits: 0,2,4,6,8 and 1,3,5,7,9
 
@@ -92,7 +93,7 @@ CORESET_RATIO = 0.01
 CORESET_DIMS = 128
 PATCHCORE_NEIGHBOURS = 9
 FASTFLOW_BATCH = 32
-FASTFLOW_EPOCHS = {"demo": 30, "fmnist": 10}  # defaults; why: the module docstring
+FASTFLOW_EPOCHS = {"demo": 30, "dev": 30, "fmnist": 10}  # defaults; why: the module docstring
 FASTFLOW_LR = 1e-3
 FASTFLOW_WEIGHT_DECAY = 1e-5
 FMNIST_DATA_SEED = 0  # which training images of each class are kept: the same for every model seed
@@ -221,6 +222,13 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
             "test_per_class": args.fmnist_test_per_class or "all t10k",
             "subset_seed": FMNIST_DATA_SEED,
         }
+    elif args.data == "dev":  # development data: calibration.py's other draw of the demo generator
+        folder = workdir / "data" / "dev"
+        if not folder.exists():
+            tmp = folder.with_suffix(".tmp")
+            calibration.build_dev(tmp)
+            tmp.rename(folder)
+        spec = f"mvtec:{folder}"
     else:
         spec = "demo"
     classes = args.classes.split(",") if args.classes else None
@@ -723,7 +731,8 @@ def write_results(report: dict, folder: str, name: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["demo", "fmnist"], default="demo")
+    ap.add_argument("--data", choices=["demo", "dev", "fmnist"], default="demo", help="dev: development data "
+                    "(calibration.py's other draw of the demo generator, two more textures)")  # fmt: skip
     ap.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, help="vqflow epochs (default: the fast preset's, 40)")

@@ -265,3 +265,21 @@ def test_normal_garments_are_parsed_for_fmnist_only():
     with pytest.raises(SystemExit, match="fmnist only"):
         peers.parse_args(["--data", "demo", "--normal", "1,2"])
     assert peers.normal_tag([5, 6, 7, 8, 9]) == ["normal56789"] and peers.normal_tag(None) == []
+
+
+def test_dev_data_is_built_once_by_the_calibration_benchmarks_builder_and_loaded_as_mvtec(tmp_path, monkeypatch):
+    from data_trees import mvtec_tree
+
+    built = []
+
+    def build_dev(root: Path) -> None:
+        built.append(root)
+        mvtec_tree(root, {c: {"good": 1, "crack": 1} for c in ("moon", "retina")})
+
+    monkeypatch.setattr(peers.calibration, "build_dev", build_dev)
+    args = peers.parse_args(["--data", "dev"])
+    for _ in range(2):
+        data = peers.prepare_data(args, tmp_path)
+        assert data.spec == f"mvtec:{tmp_path / 'data' / 'dev'}"
+        assert data.splits.classes == ["moon", "retina"] and data.size == 256
+    assert len(built) == 1 and not built[0].exists()  # written beside, then renamed into place
