@@ -53,3 +53,31 @@ def test_an_idx_record_is_counted_under_its_garment(tmp_path):
     assert got == [calibration.GARMENTS[g] for g in labels] == ["dress", "boot", "tshirt"]
     assert calibration._group("/x/test/good/coat_00012.png", "fmnist") == "coat"
     assert calibration._group("/x/brick/test/good/000.png", "brick") == "brick"
+
+
+def test_verdicts_at_a_working_point_are_counted_per_class_against_a_hand_made_threshold():
+    """One concept: the threshold is the training median plus the held-out quantile of the excess,
+    floored at the training normals' own quantile plus the held-out median excess; rates by hand."""
+    rng = np.random.default_rng(2)
+    n_tr, n_va = 40, 30
+    test_score = np.array([0.0, 5.0, 9.0, 1.0, 0.5, 8.0, 0.2, 7.0])
+    ev = {
+        "train": {"rel": np.zeros(n_tr), "concept": np.zeros(n_tr, int)},
+        "val": {"rel": np.zeros(n_va), "concept": np.zeros(n_va, int)},
+        "test": {
+            "rel": np.zeros(8),
+            "concept": np.zeros(8, int),
+            "cls": np.array(["a", "a", "a", "a", "b", "b", "b", "b"]),
+            "label": np.array([0, 0, 1, 1, 0, 0, 1, 1]),
+        },
+    }
+    score = {"train": rng.normal(0, 1, n_tr), "val": rng.normal(1, 2, n_va), "test": test_score}
+    for q in (0.9, 0.98):
+        median = np.median(score["train"])
+        excess = score["val"] - median
+        thr = max(median + np.quantile(excess, q), np.quantile(score["train"], q) + max(np.median(excess), 0))
+        got = image_score.judge(ev, score, q, prior=20.0, tail_images=20)
+        flagged = test_score > thr
+        assert got["false_alarms_per_class"] == {"a": 50.0 * flagged[:2].sum(), "b": 50.0 * flagged[4:6].sum()}
+        assert np.isclose(got["all_false_alarms"], 25.0 * flagged[[0, 1, 4, 5]].sum())
+        assert np.isclose(got["caught"], 25.0 * flagged[[2, 3, 6, 7]].sum())
