@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[],
         metavar="Q",
-        help="also judge the default score (abs_topk+knn) at these threshold quantiles: a second table",
+        help=f"also judge the default score ({DEFAULT}) at these threshold quantiles: a second table",
     )
     ap.add_argument("--prior", type=float, default=20.0)
     ap.add_argument(
