@@ -565,3 +565,19 @@ def test_overlay_colours_equal_matplotlib_turbo_blend() -> None:
     expected = np.clip(np.rint(0.5 * image.astype(np.float64) + 0.5 * colours), 0, 255)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     assert (got == expected).mean() > 0.99
+
+
+def test_format_decisions_counts_flagged_normals_and_caught_defects_per_class() -> None:
+    from vqflow.report import format_decisions
+
+    decisions = {
+        "classes": {
+            "brick": {"normal": 12, "false_alarms": 1, "defective": 12, "missed": 4},
+            "good_only": {"normal": 5, "false_alarms": 0, "defective": 0, "missed": 0},
+        }
+    }
+    lines = format_decisions(decisions).splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["brick"] == ["1/12", "8/12"] and rows["good_only"] == ["0/5", "-"]
+    assert rows["all"] == ["1/17", "(5.9%)", "8/12", "(66.7%)"]
+    assert format_decisions(None) == "" and format_decisions({"classes": {}}) == ""

@@ -219,9 +219,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    from vqflow.report import format_table
+    from vqflow.report import format_decisions, format_table
 
     print(format_table(metrics))
+    verdicts = format_decisions(metrics.get("decisions"))
+    if verdicts:
+        print(verdicts)
 
 
 def cmd_test(args: argparse.Namespace) -> int:

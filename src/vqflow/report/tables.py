@@ -63,6 +63,31 @@ def format_table(metrics: dict) -> str:
     return "\n".join(out)
 
 
+def format_decisions(decisions: dict | None) -> str:
+    """The verdicts at the calibrated thresholds (metrics.json "decisions") as terminal text: per class,
+    normal images flagged and defective images caught, then all classes; "" without decisions."""
+    if not decisions or not decisions.get("classes"):
+        return ""
+    rows = [["class", "normals flagged", "defects caught"]]
+    totals = [0, 0, 0, 0]  # flagged, normal, caught, defective
+    for name, c in decisions["classes"].items():
+        flagged, normal = int(c.get("false_alarms", 0)), int(c.get("normal", 0))
+        defective = int(c.get("defective", 0))
+        caught = defective - int(c.get("missed", 0))
+        rows.append(
+            [str(name), f"{flagged}/{normal}" if normal else "-", f"{caught}/{defective}" if defective else "-"]
+        )
+        totals = [totals[0] + flagged, totals[1] + normal, totals[2] + caught, totals[3] + defective]
+
+    def share(k: int, n: int) -> str:
+        return f"{k}/{n} ({100.0 * k / n:.1f}%)" if n else "-"
+
+    rows.append(["all", share(totals[0], totals[1]), share(totals[2], totals[3])])
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = ["  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]) for r in rows]
+    return "\n".join(["verdicts at the calibrated thresholds (what vqflow predict applies):", *lines])
+
+
 def metrics_table_html(metrics: dict) -> str:
     """The same table as an HTML <table> (percent, 1 decimal, "—" for missing)."""
     rows = table_rows(metrics, missing="—")
