@@ -1,4 +1,4 @@
-"""The per-class metrics table, as terminal text and as HTML, with the one-number summary."""
+"""The per-class metrics table, as terminal text and as HTML, with the one-number summary; the verdicts as text."""
 
 from __future__ import annotations
 
