@@ -250,6 +250,13 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ({min(values):.1f}..{max(values):.1f})"
 
 
+def judge_runs(per_run: dict, parts: tuple[str, ...], quantile: float, prior: float, tail_images: int) -> dict:
+    """One candidate judged on every run: the runs' results and each number's mean (min..max)."""
+    judged = [judge(ev, combined(ev, parts), quantile, prior, tail_images) for ev in per_run.values()]
+    keys = ("auroc", "worst_false_alarms", "all_false_alarms", "caught")
+    return {"per_run": judged, **{k: spread([j[k] for j in judged]) for k in keys}}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", type=Path, required=True, help="trained run folders (one per seed)")
@@ -293,15 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     per_run = {run.name: evidence(run, args.workdir, args.test_data) for run in args.runs}
     table = {}
     for name, parts in CANDIDATES.items():
-        judged = [
-            judge(ev, combined(ev, parts), args.quantile, args.prior, args.tail_images) for ev in per_run.values()
-        ]
-        table[name] = {
-            "per_run": judged,
-            "auroc": spread([j["auroc"] for j in judged]),
-            "worst_false_alarms": spread([j["worst_false_alarms"] for j in judged]),
-            "caught": spread([j["caught"] for j in judged]),
-        }
+        table[name] = judge_runs(per_run, parts, args.quantile, args.prior, args.tail_images)
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     lines = [
         f"# Image scores on {args.name} (benchmarks/image_score.py)",
@@ -319,17 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {k} | {v['auroc']} | {v['worst_false_alarms']} | {v['caught']} |" for k, v in table.items()]
-    working = {}
-    for q in args.working_points:
-        judged = [
-            judge(ev, combined(ev, CANDIDATES[DEFAULT]), q, args.prior, args.tail_images) for ev in per_run.values()
-        ]
-        working[str(q)] = {
-            "per_run": judged,
-            "worst_false_alarms": spread([j["worst_false_alarms"] for j in judged]),
-            "all_false_alarms": spread([j["all_false_alarms"] for j in judged]),
-            "caught": spread([j["caught"] for j in judged]),
-        }
+    working = {
+        str(q): judge_runs(per_run, CANDIDATES[DEFAULT], q, args.prior, args.tail_images) for q in args.working_points
+    }
     if working:
         lines += [
             "",

@@ -18,20 +18,19 @@ from vqflow import __version__
 from vqflow.errors import VQFlowError, first_line
 
 
-def _integer(text: str) -> int:
-    """An option's integer, with the error in words (argparse would say "invalid int value")."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+def _typed(tp: type) -> Any:
+    """An argparse type for int or float whose error is in words, as config keys' are ("expects an
+    integer, got 'ten'"; argparse would say "invalid int value")."""
 
+    def convert(text: str) -> Any:
+        try:
+            return tp(text)
+        except ValueError:
+            from vqflow.config import in_words  # on the error path only: --help stays light
 
-def _number(text: str) -> float:
-    """An option's number, with the error in words."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expects {in_words(tp)}, got {text!r}") from None
+
+    return convert
 
 
 def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -51,9 +50,9 @@ def _config_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     g.add_argument("--backbone", help="efficientnet_lite0 (default), efficientnet_lite2, or a timm model name")
     g.add_argument("--backbone-weights", metavar="FILE", help="a local state dict for the backbone (offline use)")
     g.add_argument(
-        "--epochs", type=_integer, help="training epochs (default: the preset's, fast 40, reference 60; demo 20)"
+        "--epochs", type=_typed(int), help="training epochs (default: the preset's, fast 40, reference 60; demo 20)"
     )
-    g.add_argument("--seed", type=_integer, help="random seed, 0 to 4294967295 (default 9826, the authors')")
+    g.add_argument("--seed", type=_typed(int), help="random seed, 0 to 4294967295 (default 9826, the authors')")
     g.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
 
 
@@ -112,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", required=True, help="folder for scores.csv, heatmaps/ and maps/")
-    p.add_argument("--threshold", type=_number, help="verdict threshold on the score, instead of the calibrated ones")
+    p.add_argument(
+        "--threshold", type=_typed(float), help="verdict threshold on the score, instead of the calibrated ones"
+    )
     p.add_argument(
         "--save-maps",
         action="store_true",

@@ -246,7 +246,7 @@ def _coerce(key: str, value: Any) -> Any:
         elif tp is str:
             value = str(value)
     except (TypeError, ValueError):
-        raise VQFlowError(f"config key '{key}' expects {_in_words(tp)}, got {value!r}") from None
+        raise VQFlowError(f"config key '{key}' expects {in_words(tp)}, got {value!r}") from None
     if key in RANGES and value is not None and not RANGES[key][0] <= value <= RANGES[key][1]:
         lo, hi = RANGES[key]
         raise VQFlowError(f"config key '{key}' must be between {lo} and {hi}, got {value!r}")
@@ -258,7 +258,7 @@ def _coerce(key: str, value: Any) -> Any:
 _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text value"}
 
 
-def _in_words(tp: Any) -> str:
+def in_words(tp: Any) -> str:
     """'an integer', 'a comma-separated list of numbers'... for a declared type."""
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import math
 
+from vqflow.report.decisions import format_rate
+
 METRIC_COLUMNS: list[tuple[str, str]] = [
     ("image_auroc", "I-AUROC"),
     ("image_ap", "I-AP"),
@@ -80,7 +82,7 @@ def format_decisions(decisions: dict | None) -> str:
         totals = [totals[0] + flagged, totals[1] + normal, totals[2] + caught, totals[3] + defective]
 
     def share(k: int, n: int) -> str:
-        return f"{k}/{n} ({100.0 * k / n:.1f}%)" if n else "-"
+        return f"{k}/{n} ({format_rate(k, n)})" if n else "-"
 
     rows.append(["all", share(totals[0], totals[1]), share(totals[2], totals[3])])
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
