@@ -56,7 +56,7 @@ figcaption .what, figcaption .num, figcaption .verdict { display:block; }
 figcaption .what { font-weight:600; overflow-wrap:anywhere; }
 figcaption .verdict { color:var(--good); }
 figcaption .verdict.wrong { color:var(--bad); font-weight:600; }
-.tag { font-size:11px; padding:0 6px; border-radius:8px; color:#fff; float:right; }
+.tag { font-size:11px; padding:0 6px; border-radius:8px; color:#fff; float:right; margin-left:6px; }
 .tag.anomalous { background:var(--bad); }
 .tag.normal { background:var(--good); }
 .path { display:block; color:var(--muted); overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
