@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 VARIANTS: dict[str, list[str]] = {
     "ours": [],
@@ -82,6 +83,17 @@ def fit_and_test(folder: Path, data: list[str], epochs: int, seed: int, sets: li
     return json.loads((folder / "metrics.json").read_text()), time.time() - t0
 
 
+def working_quantile(folder: Path) -> float:
+    """The `score.threshold_quantile` a run calibrated its verdict thresholds with (its config.yaml)."""
+    return float(yaml.safe_load((folder / "config.yaml").read_text())["score"]["threshold_quantile"])
+
+
+def quantile_cell(quantiles: list[float]) -> str:
+    """The runs' working quantile: one value when every seed shares it, else each seed's in order
+    (runs fitted before and after a change of the default are then visible as such)."""
+    return f"{quantiles[0]:g}" if len(set(quantiles)) == 1 else ", ".join(f"{q:g}" for q in quantiles)
+
+
 def cell(values: list[float]) -> str:
     """'mean (min..max)' in percent; one value alone."""
     v = 100 * np.asarray(values)
@@ -103,13 +115,16 @@ def main() -> None:
     work = Path(args.workdir) / args.name
     table: dict[str, dict] = {}
     for name in args.only or list(VARIANTS):
-        rows, seconds = [], []
+        rows, seconds, quantiles = [], [], []
         for seed in args.seeds:
-            metrics, sec = fit_and_test(work / f"{name}_s{seed}", data, args.epochs, seed, [*VARIANTS[name], *args.set])
+            folder = work / f"{name}_s{seed}"
+            metrics, sec = fit_and_test(folder, data, args.epochs, seed, [*VARIANTS[name], *args.set])
             rows.append(metrics["mean"] | {k: metrics["decisions"][k] for k in DECISION_KEYS})
             seconds.append(sec)
+            quantiles.append(working_quantile(folder))
         table[name] = {
             "switches": VARIANTS[name],
+            "threshold_quantile": quantiles,
             "per_seed": {str(s): r for s, r in zip(args.seeds, rows)},
             "seconds": [round(s, 1) for s in seconds],
         }
@@ -133,14 +148,16 @@ def main() -> None:
         f"Machine: {info['machine']}; {args.epochs} epochs, last epoch evaluated, no test label used.",
         "",
         "Verdicts at each run's calibrated threshold (what `vqflow predict` applies): worst class false alarms on",
-        "test normals, and defective test images caught, %.",
+        "test normals, and defective test images caught, %; `quantile`: the `score.threshold_quantile` the runs",
+        "calibrated with (each seed's, in order, where they differ).",
         "",
-        "| variant | switches | " + " | ".join(COLUMNS) + " |",
-        "|---" * (len(COLUMNS) + 2) + "|",
+        "| variant | switches | " + " | ".join(COLUMNS) + " | quantile |",
+        "|---" * (len(COLUMNS) + 3) + "|",
     ]
     for name, row in table.items():
         runs = list(row["per_seed"].values())
         cells = ["-" if runs[0].get(k) is None else cell([r[k] for r in runs]) for k in COLUMNS]
+        cells.append(quantile_cell(row["threshold_quantile"]))
         lines.append(f"| {name} | {' '.join(row['switches']) or 'defaults'} | " + " | ".join(cells) + " |")
     (results / f"ablations_{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
