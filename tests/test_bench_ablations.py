@@ -36,7 +36,9 @@ def test_the_table_shows_one_quantile_or_each_seeds_where_they_differ(tmp_path, 
     ablations.main()
 
     rows = {line.split(" | ")[0].strip("| "): line for line in (results / "ablations_t.md").read_text().splitlines()}
-    assert rows["ours"].endswith("| 85.0 (80.0..90.0) | 85.0 (80.0..90.0) | 25.0 (25.0..25.0) | 50.0 (50.0..50.0) | 0.98 |")
+    assert rows["ours"].endswith(
+        "| 85.0 (80.0..90.0) | 85.0 (80.0..90.0) | 25.0 (25.0..25.0) | 50.0 (50.0..50.0) | 0.98 |"
+    )
     assert rows["no_quantization"].endswith("| 0.99, 0.97 |")
     saved = json.loads((results / "ablations_t.json").read_text())["variants"]
     assert saved["no_quantization"]["threshold_quantile"] == [0.99, 0.97]
