@@ -111,7 +111,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     from vqflow.data.sample import collate
     from vqflow.engine.build import load_run
     from vqflow.engine.calibrate import knn_bank
-    from vqflow.engine.features import LiveFeatures
+    from vqflow.engine.features import CachedFeatures
     from vqflow.engine.fit import split_validation
     from vqflow.model.scores import gaussian_blur, log_likelihood_maps, score_batch, topk_mean
     from vqflow.model.vqflow import nll_parts, nll_per_dim
@@ -122,17 +122,31 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     splits = load_data(cfg.data.specs, cfg.data.classes, cfg.data.normal)
     train, val = split_validation(splits.train, cfg.data.val_fraction, cfg.train.seed)
     test = splits.test if test_data is None else load_data([test_data], None, None).test
-    det.knn_bank = knn_bank(
-        LiveFeatures(det.features, ImageDataset(train, cfg.data.image_size)), 16, torch.device("cpu")
-    )
+
+    def backbone_pass(recs: list) -> tuple[CachedFeatures, list]:
+        """One backbone pass over a part: its pooled features in memory, and per batch its images'
+        paths, classes and labels."""
+        loader = DataLoader(ImageDataset(recs, cfg.data.image_size), batch_size=16, collate_fn=collate)
+        feats, batches = [], []
+        with torch.no_grad():
+            for batch in loader:
+                feats.append(det.features(batch.image))
+                batches.append((batch.path, batch.cls, batch.label))
+        return CachedFeatures([torch.cat(level) for level in zip(*feats)]), batches
+
+    cpu = torch.device("cpu")
+    passes = {"train": backbone_pass(train)}  # the k-NN bank and the training part share one pass
+    det.knn_bank = knn_bank(passes["train"][0], 16, cpu)
     det.knn_k = KNN_K
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, recs in (("train", train), ("val", val), ("test", test)):
         rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "concept", "cls", "label")}
-        loader = DataLoader(ImageDataset(recs, cfg.data.image_size), batch_size=16, collate_fn=collate)
+        source, batches = passes.pop(part) if part in passes else backbone_pass(recs)
+        start = 0
         with torch.no_grad():
-            for batch in loader:
-                feats = det.features(batch.image)
+            for paths, classes, labels in batches:
+                feats = source.get(torch.arange(start, start + len(labels)), cpu)
+                start += len(labels)
                 rows["knn"] += det.knn_distance(feats[3], int(part == "train")).tolist()
                 head = det.head(feats)
                 y, y_hat, concept, _ = det.head._concept(feats[3])
@@ -151,8 +165,8 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
                     for k in (0.001, 0.01, 0.03, 0.1):
                         rows[f"abs@{k}/{sigma}"] += topk_mean(blurred, k).tolist()
                 rows["concept"] += concept.tolist()
-                rows["cls"] += [calibration._group(p, c) for p, c in zip(batch.path, batch.cls)]
-                rows["label"] += batch.label.tolist()
+                rows["cls"] += [calibration._group(p, c) for p, c in zip(paths, classes)]
+                rows["label"] += labels.tolist()
         out[part] = {k: np.asarray(v) for k, v in rows.items()}
         print(f"  {run.name} {part}: {len(recs)} images", flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
