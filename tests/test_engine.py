@@ -83,7 +83,7 @@ def test_test_writes_metrics_that_match_scores_csv(trained, capsys):
         assert printed == [cls, f"{sum(normals)}/{len(normals)}", f"{sum(defects)}/{len(defects)}"]
     flagged = [r["verdict"] == "anomalous" for r in rows if r["label"] == "0"]
     assert "verdicts at the calibrated thresholds" in table
-    assert table.splitlines()[-1].split()[:2] == ["all", f"{sum(flagged)}/{len(flagged)}"]
+    assert table.splitlines()[-1].split()[:2] == ["total", f"{sum(flagged)}/{len(flagged)}"]
     assert decisions["false_alarm_rate"] == pytest.approx(sum(flagged) / len(flagged))
     assert decisions["worst_class_false_alarm_rate"] == max(
         c["false_alarms"] / c["normal"] for c in decisions["classes"].values()

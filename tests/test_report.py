@@ -579,5 +579,5 @@ def test_format_decisions_counts_flagged_normals_and_caught_defects_per_class() 
     lines = format_decisions(decisions).splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert rows["brick"] == ["1/12", "8/12"] and rows["good_only"] == ["0/5", "-"]
-    assert rows["all"] == ["1/17", "(5.9%)", "8/12", "(66.7%)"]
+    assert rows["total"] == ["1/17", "(5.9%)", "8/12", "(66.7%)"]
     assert format_decisions(None) == "" and format_decisions({"classes": {}}) == ""

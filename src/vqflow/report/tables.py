@@ -67,7 +67,8 @@ def format_table(metrics: dict) -> str:
 
 def format_decisions(decisions: dict | None) -> str:
     """The verdicts at the calibrated thresholds (metrics.json "decisions") as terminal text: per class,
-    normal images flagged and defective images caught, then all classes; "" without decisions."""
+    normal images flagged and defective images caught, then the total row, named as in the report;
+    "" without decisions."""
     if not decisions or not decisions.get("classes"):
         return ""
     rows = [["class", "normals flagged", "defects caught"]]
@@ -84,7 +85,7 @@ def format_decisions(decisions: dict | None) -> str:
     def share(k: int, n: int) -> str:
         return f"{k}/{n} ({format_rate(k, n)})" if n else "-"
 
-    rows.append(["all", share(totals[0], totals[1]), share(totals[2], totals[3])])
+    rows.append(["total", share(totals[0], totals[1]), share(totals[2], totals[3])])
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]) for r in rows]
     return "\n".join(["verdicts at the calibrated thresholds (what vqflow predict applies):", *lines])
