@@ -9,10 +9,12 @@ metrics.json, for every model), fit seconds and inference images/s, mean (min..m
     python benchmarks/peers.py --data dev --seeds 0 1 2            # development data: choose here
     python benchmarks/peers.py --data fmnist --seeds 0 1 2          # image AUROC only: no masks
     python benchmarks/peers.py --data fmnist --normal 5,6,7,8,9     # the other splits: 0,2,4,6,8 and 1,3,5,7,9
+    python benchmarks/peers.py --data mvtec:/data/textures --seeds 0 1 2  # your own set (any vqflow data spec)
 
 The same for every model:
 
-* data: vqflow's loaders (`--data demo`, or `fmnist:DIR --normal IDS` where DIR holds
+* data: vqflow's loaders (`--data demo`, a data spec such as `mvtec:PATH` or `visa:PATH` at
+  vqflow's default size unless `--set data.image_size=N`, or `fmnist:DIR --normal IDS` where DIR holds
   Fashion-MNIST IDX files with --fmnist-train-per-class seeded training images of every garment
   and every t10k image; the normal garments' ones are the training set), read by
   `ImageDataset` (Lanczos resize, ImageNet normalisation) at the size vqflow's fast preset
@@ -93,7 +95,8 @@ CORESET_RATIO = 0.01
 CORESET_DIMS = 128
 PATCHCORE_NEIGHBOURS = 9
 FASTFLOW_BATCH = 32
-FASTFLOW_EPOCHS = {"demo": 30, "dev": 30, "fmnist": 10}  # defaults; why: the module docstring
+FASTFLOW_EPOCHS = {"demo": 30, "dev": 30, "fmnist": 10}  # defaults (30 for a data spec); why: the module docstring
+NAMED_SETS = ("demo", "dev", "fmnist")
 FASTFLOW_LR = 1e-3
 FASTFLOW_WEIGHT_DECAY = 1e-5
 FMNIST_DATA_SEED = 0  # which training images of each class are kept: the same for every model seed
@@ -201,6 +204,33 @@ def fmnist_subset(root: Path, train_per_class: int, test_per_class: int | None) 
     return folder
 
 
+def data_arg(value: str) -> str:
+    """--data: a named set, or a vqflow data spec KIND:PATH whose folder exists."""
+    from vqflow.data.specs import PATH_REQUIRED, parse_spec
+    from vqflow.errors import VQFlowError
+
+    if value in NAMED_SETS:
+        return value
+    try:
+        kind, path = parse_spec(value)
+    except VQFlowError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if kind not in PATH_REQUIRED - {"cifar10"} or not path:
+        raise argparse.ArgumentTypeError(f"expects demo, dev, fmnist or a data spec such as mvtec:PATH, got {value!r}")
+    if not Path(path).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r}: no folder {path}; give the set's root folder")
+    return value
+
+
+def set_name(data: str) -> str:
+    """The name of the set in file and folder names: a named set's, or KIND_<folder name> for a spec."""
+    if data in NAMED_SETS:
+        return data
+    kind, path = data.split(":", 1)
+    name = Path(path).expanduser().resolve().name
+    return f"{kind}_{''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in name)}"
+
+
 def set_items(cli_args: list[str]) -> list[str]:
     """The KEY=VALUE items of a `vqflow fit` argument list's --set options."""
     return [value for flag, value in zip(cli_args, cli_args[1:]) if flag == "--set"]
@@ -211,7 +241,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
     from vqflow import config
     from vqflow.data import load_data
 
-    overrides = [*set_items(calibration.SETS[args.data][1]), *args.set]
+    overrides = [*set_items(calibration.SETS.get(args.data, (None, []))[1]), *args.set]
     notes: dict[str, Any] = {}
     if args.data == "fmnist":
         folder = fmnist_subset(workdir / "data", args.fmnist_train_per_class, args.fmnist_test_per_class)
@@ -230,11 +260,11 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
             tmp.rename(folder)
         spec = f"mvtec:{folder}"
     else:
-        spec = "demo"
+        spec = args.data  # demo, or a data spec read as `vqflow fit --data` reads it
     classes = args.classes.split(",") if args.classes else None
     size = config.resolve(None, None, overrides).data.image_size
     splits = load_data([spec], classes, args.normal)
-    return Data(args.data, spec, classes, args.normal, overrides, size, splits, notes)
+    return Data(set_name(args.data), spec, classes, args.normal, overrides, size, splits, notes)
 
 
 def load_tensors(records: list, size: int, has_masks: bool) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -672,7 +702,7 @@ def resolve_defaults(args: argparse.Namespace, data: Data) -> Any:
 
     cfg = vqflow_config(data, None, 0)
     args.epochs = args.epochs or cfg.train.epochs
-    args.fastflow_epochs = args.fastflow_epochs or FASTFLOW_EPOCHS[args.data]
+    args.fastflow_epochs = args.fastflow_epochs or FASTFLOW_EPOCHS.get(args.data, 30)
     args.batch = args.batch or inference_batch_size(cfg, torch.device("cpu"))
     return cfg
 
@@ -731,8 +761,9 @@ def write_results(report: dict, folder: str, name: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["demo", "dev", "fmnist"], default="demo", help="dev: development data "
-                    "(calibration.py's other draw of the demo generator, two more textures)")  # fmt: skip
+    ap.add_argument("--data", type=data_arg, default="demo", help="demo, dev (development data: calibration.py's "
+                    "other draw of the demo generator, two more textures), fmnist, or a data spec such as "
+                    "mvtec:PATH (default demo)")  # fmt: skip
     ap.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS), help="models to run (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, help="vqflow epochs (default: the fast preset's, 40)")
@@ -772,12 +803,12 @@ def main(argv: list[str] | None = None) -> None:
         train = load_tensors(data.splits.train, data.size, False)[0] if peers else None
     notes["image_reading_seconds"] = round(loading["seconds"], 2)
     print(f"{data.spec}: {len(data.splits.train)} train, {len(test)} test images, {data.size} px", flush=True)
-    runs = workdir / args.data / run_tag(data, args.set)
+    runs = workdir / data.name / run_tag(data, args.set)
     bench = Bench(args, data, build_backbone(cfg, torch.device("cpu")), train, test, masks, runs)
     models = {name: run_seeds(name, bench) for name in args.only}
     report = make_report(bench, cfg, models, command, load_before, notes)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    write_results(report, args.results, "_".join([args.data, *normal_tag(args.normal)]))
+    write_results(report, args.results, "_".join([data.name, *normal_tag(args.normal)]))
 
 
 if __name__ == "__main__":

@@ -283,3 +283,33 @@ def test_dev_data_is_built_once_by_the_calibration_benchmarks_builder_and_loaded
         assert data.spec == f"mvtec:{tmp_path / 'data' / 'dev'}"
         assert data.splits.classes == ["moon", "retina"] and data.size == 256
     assert len(built) == 1 and not built[0].exists()  # written beside, then renamed into place
+
+
+def test_a_data_spec_runs_the_harness_on_the_users_own_set(tmp_path):
+    from data_trees import mvtec_tree
+
+    root = tmp_path / "my textures"
+    mvtec_tree(root, {c: {"good": 2, "crack": 1} for c in ("cork", "felt")})
+    args = peers.parse_args(["--data", f"mvtec:{root}", "--classes", "felt"])
+    data = peers.prepare_data(args, tmp_path / "work")
+    assert (data.name, data.spec, data.splits.classes, data.size) == (
+        "mvtec_my_textures",
+        f"mvtec:{root}",
+        ["felt"],
+        256,
+    )
+    assert peers.parse_args(["--data", "dev"]).data == "dev" and peers.set_name("dev") == "dev"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("mvtec:/no/such/set", "no folder /no/such/set"),
+        ("imagenet:/x", "unknown data format"),
+        ("fmnist:/x", "expects demo"),
+    ],
+)
+def test_a_bad_data_spec_is_refused_in_words(value, says, capsys):
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--data", value])
+    assert says in capsys.readouterr().err
