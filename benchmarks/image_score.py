@@ -23,6 +23,8 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - gdist: how far the global vector lies from its concept prototype, |y - y_hat|;
 - knn: the distance of the image's global feature (unit-length mean of f4) to its k-th nearest
   training normal's (a training normal's own entry left out): the global part of local_knn;
+- abs_topk-nnK: abs_topk minus the mean abs_topk of the image's K nearest training normals by that
+  global feature (own entry left out): the local part of local_knn (score.local_neighbours K);
 - energy / flow_logdet / latent_logdet: the three parts of nll (the latents' 0.5 |u|^2, minus the
   flows' log-determinant, minus the concept-aware latent's log-determinant, each per dimension);
 - abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
@@ -58,7 +60,8 @@ SWEEP = [f"abs@{k}/{sigma}" for sigma in (0, 2, 4, 8) for k in (0.001, 0.01, 0.0
 PARTS = ("energy", "flow_logdet", "latent_logdet")  # nll = their sum + a constant
 COMPONENTS = ("rel", "abs_topk", "abs_mean", "nll", "gdist", "knn", *PARTS, *SWEEP)
 KNN_K = 10  # the k-NN component's neighbour (score.knn_k)
-DEFAULT = "abs_topk+knn"  # the candidate that score.image_score=local_knn computes
+NEIGHBOURS = (3, 5, 10)  # abs_topk-nnK: abs_topk minus the mean abs_topk of the K nearest training normals
+DEFAULT = "abs_topk-nn3+knn"  # the candidate that score.image_score=local_knn computes (score.local_neighbours 3)
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "rel": ("rel",),
     "abs_topk": ("abs_topk",),
@@ -94,6 +97,9 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "abs_topk+knn": ("abs_topk", "knn"),
     "abs_topk+nll+knn": ("abs_topk", "nll", "knn"),
     "abs_topk+energy+knn": ("abs_topk", "energy", "knn"),
+    # the local part relative to the K nearest training normals' (by global feature; score.local_neighbours)
+    **{f"abs_topk-nn{k}": (f"abs_topk-nn{k}",) for k in NEIGHBOURS},
+    **{f"abs_topk-nn{k}+knn": (f"abs_topk-nn{k}", "knn") for k in NEIGHBOURS},
 }
 
 
@@ -101,7 +107,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     """Per part (train, val, test): every component, concept, class, label; cached as JSON.
     `test_data`: a data spec whose test split replaces the run's own (development data)."""
     tag = "" if test_data is None else "_" + "".join(ch if ch.isalnum() else "_" for ch in test_data)[-40:]
-    cache = workdir / f"{run.name}{tag}_evidence_v4.json"
+    cache = workdir / f"{run.name}{tag}_evidence_v5.json"
     if cache.exists():
         raw = json.loads(cache.read_text())
         return {part: {k: np.asarray(v) for k, v in d.items()} for part, d in raw.items()}
@@ -140,14 +146,18 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     det.knn_k = KNN_K
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, recs in (("train", train), ("val", val), ("test", test)):
-        rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "concept", "cls", "label")}
+        rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "neighbours", "concept", "cls", "label")}
         source, batches = passes.pop(part) if part in passes else backbone_pass(recs)
         start = 0
         with torch.no_grad():
             for paths, classes, labels in batches:
                 feats = source.get(torch.arange(start, start + len(labels)), cpu)
                 start += len(labels)
-                rows["knn"] += det.knn_distance(feats[3], int(part == "train")).tolist()
+                skip = int(part == "train")
+                rows["knn"] += det.knn_evidence(feats[3], skip)[0].tolist()
+                sim = det.global_feature(feats[3]) @ det.knn_bank.t()
+                near = torch.topk(sim, min(max(NEIGHBOURS) + skip, sim.shape[1]), dim=1).indices[:, skip:]
+                rows["neighbours"] += near.tolist()
                 head = det.head(feats)
                 y, y_hat, concept, _ = det.head._concept(feats[3])
                 loglik = log_likelihood_maps(head.u, size)
@@ -208,20 +218,29 @@ def build_fmnist_dev(
     Image.fromarray(images[0]).save(root / "fmnist" / "train" / "good" / "unused_00000.png")
 
 
+def component(ev: dict[str, dict[str, np.ndarray]], part: str, name: str) -> np.ndarray:
+    """One evidence component of a part; "abs_topk-nnK" is abs_topk minus the mean abs_topk of
+    the image's K nearest training normals (a training image's own entry left out)."""
+    if "-nn" not in name:
+        return ev[part][name]
+    base, k = name.split("-nn")
+    return ev[part][base] - ev["train"][base][ev[part]["neighbours"][:, : int(k)]].mean(1)
+
+
 def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The candidate's score per part: its components standardised by the held-out normals, then
     summed (or, for ("max", ...), their maximum); a component "|c|" counts as |z|."""
     from vqflow.calibration import standardisation
 
-    ref = ev["val"] if len(ev["val"]["rel"]) else ev["train"]
+    ref = "val" if len(ev["val"]["rel"]) else "train"
     use_max = parts[0] == "max"
     names = list(parts[1:] if use_max else parts)
     two_sided = np.array([n.startswith("|") for n in names])
     names = [n.strip("|") for n in names]
-    center, scale = standardisation(np.stack([ref[c] for c in names], 1))  # as calibrate does
+    center, scale = standardisation(np.stack([component(ev, ref, c) for c in names], 1))  # as calibrate does
     out = {}
-    for part, d in ev.items():
-        z = (np.stack([d[c] for c in names], 1) - center) / scale
+    for part in ev:
+        z = (np.stack([component(ev, part, c) for c in names], 1) - center) / scale
         z = np.where(two_sided, np.abs(z), z)
         out[part] = z.max(1) if use_max else z.sum(1)
     return out

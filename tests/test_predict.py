@@ -273,12 +273,17 @@ def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_r
     train_g, train_local, train_concepts = parts(train)
     val_g, val_local, val_concepts = parts(val)
     assert det.knn_bank.double().numpy() == pytest.approx(train_g, abs=1e-5)
-    k = cfg.score.knn_k
+    assert det.knn_local.double().numpy() == pytest.approx(train_local, rel=1e-4, abs=1e-5)
+    k, m = cfg.score.knn_k, cfg.score.local_neighbours
+    assert m > 0
     nn = NearestNeighbors(n_neighbors=k + 1).fit(train_g)
-    train_knn = nn.kneighbors(train_g)[0][:, k]  # the first neighbour is the image itself
-    val_knn = nn.kneighbors(val_g, n_neighbors=k)[0][:, k - 1]
-    train_ev = np.stack([train_local, train_knn], 1)
-    val_ev = np.stack([val_local, val_knn], 1)
+    train_dist, train_rows = nn.kneighbors(train_g)  # the first neighbour is the image itself
+    val_dist, val_rows = nn.kneighbors(val_g, n_neighbors=k)
+    # the local part relative to the mean local part of the m nearest training normals
+    train_rel = train_local - train_local[train_rows[:, 1 : m + 1]].mean(1)
+    val_rel = val_local - train_local[val_rows[:, :m]].mean(1)
+    train_ev = np.stack([train_rel, train_dist[:, k]], 1)
+    val_ev = np.stack([val_rel, val_dist[:, k - 1]], 1)
     with torch.no_grad():
         pred = det(collate([ImageDataset(val, cfg.data.image_size)[0]]).image)
         own = det.features(collate([ImageDataset(train, cfg.data.image_size)[0]]).image)

@@ -111,6 +111,7 @@ def build_detector(
         normalization=s.normalization,
         image_score=image_score,
         knn_k=s.knn_k,
+        local_neighbours=s.local_neighbours,
         calibration=calibration,
         autocast=backbone_autocast(cfg.train.precision, next(backbone.parameters(), torch.empty(0)).device),
     )
@@ -161,6 +162,8 @@ def load_run(run: str | Path, device: str = "auto", which: str = "auto") -> Trai
     detector = build_detector(cfg, backbone, head, calibration)
     if "knn_bank" in payload:
         detector.knn_bank = payload["knn_bank"].float()
+    if "knn_local" in payload:  # absent in runs calibrated before score.local_neighbours: absolute local part
+        detector.knn_local = payload["knn_local"].float()
     detector = detector.to(dev).eval()
     return TrainedRun(folder, cfg, detector, payload, dev)
 

@@ -39,6 +39,16 @@ def knn_bank(src: FeatureSource, batch_size: int, device: torch.device) -> torch
         return torch.cat([Detector.global_feature(src.get(i, device)[3]) for i in pick.split(batch_size)])
 
 
+def bank_local(det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device):
+    """(N,) the absolute local evidence of the training normals `knn_bank` holds (its rows, in order):
+    what score.local_neighbours takes a new image's local part relative to."""
+    det.knn_local = torch.zeros(0, device=device)  # absolute local parts while they are measured
+    pick = spread_indices(len(src), KNN_BANK_IMAGES)
+    with torch.no_grad():
+        parts = [det.predict_features(src.get(i, device), size).evidence[:, 0] for i in pick.split(batch_size)]
+    return torch.cat(parts)
+
+
 def _predict(
     det: Detector, src: FeatureSource, size: tuple[int, int], batch_size: int, device: torch.device, knn_skip: int = 0
 ):
@@ -66,7 +76,7 @@ def calibrate(
     device: torch.device,
 ) -> Calibration:
     """Set and return `det.calibration` (and, under score.image_score=local_knn, `det.knn_bank`
-    from the training normals): the image score's standardisation from the held-out normals,
+    and `det.knn_local` from the training normals): the image score's standardisation from the held-out normals,
     each concept's typical score from the training normals, the margin above it from the
     held-out normals (training normals, which the model has seen, when none are held out:
     thresholds then run low, and `source` says so); see calibration.concept_thresholds.
@@ -82,6 +92,8 @@ def calibrate(
     knn = det.image_score == "local_knn"
     if knn:
         det.knn_bank = knn_bank(train_src, batch_size, device)
+        no_local = torch.zeros(0, device=device)
+        det.knn_local = bank_local(det, train_src, size, batch_size, device) if det.local_neighbours > 0 else no_local
     # A training normal in the bank is its own nearest neighbour: leave it out (skip 1), as it
     # would be for a new image; past KNN_BANK_IMAGES most are not in the bank and none is skipped.
     in_bank = knn and len(train_src) <= KNN_BANK_IMAGES

@@ -377,6 +377,8 @@ def _train(
         ).to_dict()
         if det.knn_bank.numel():
             final["knn_bank"] = det.knn_bank.cpu()
+        if det.knn_local.numel():
+            final["knn_local"] = det.knn_local.cpu()
         save_checkpoint(ckpt_dir / "final.pt", final)
         say(f"model saved to {ckpt_dir / 'final.pt'} (epoch {final['chosen_epoch']})", quiet)
 

@@ -46,7 +46,10 @@ class Detector(nn.Module):
     - "local_knn": local and global evidence, the top-`topk` mean of the absolute NLL map and
       the distance of the image's global feature (the unit-length mean of f4) to its `knn_k`-th
       nearest training normal in `knn_bank` (set by calibration), each standardised by the
-      held-out normals (`calibration.score_center`, `score_scale`) and summed;
+      held-out normals (`calibration.score_center`, `score_scale`) and summed. The local part
+      is relative: minus the mean local part (`knn_local`) of the image's `local_neighbours`
+      nearest training normals, so that a rare but normal look is judged against training
+      images that share it (0, or no `knn_local`: absolute);
     - "combined": the same local evidence with the image's NLL per dimension under the flow
       as the global part.
     A relative map discards what differs most between a normal image and one unlikely
@@ -68,6 +71,7 @@ class Detector(nn.Module):
         normalization: str = "image",
         image_score: str = "map",
         knn_k: int = 10,
+        local_neighbours: int = 0,
         calibration: Calibration | None = None,
         autocast: torch.dtype | None = None,
     ):
@@ -81,10 +85,13 @@ class Detector(nn.Module):
         self.backbone, self.head = backbone, head
         self.image_map, self.pixel_map, self.topk, self.blur_sigma = image_map, pixel_map, topk, blur_sigma
         self.normalization, self.image_score, self.knn_k = normalization, image_score, knn_k
+        self.local_neighbours = local_neighbours
         self.calibration = calibration or Calibration()
         self.autocast = autocast
-        # (N, C) unit-length global features of training normals, under image_score=local_knn
+        # (N, C) unit-length global features of training normals, under image_score=local_knn,
+        # and (N,) their local evidence (absolute), what a new image's local part is taken relative to
         self.register_buffer("knn_bank", torch.zeros(0, 0), persistent=False)
+        self.register_buffer("knn_local", torch.zeros(0), persistent=False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Pooled backbone features (h1, h2, h3, f4), fp32: what the head (and the feature cache) takes."""
@@ -118,7 +125,12 @@ class Detector(nn.Module):
         else:
             pixel = score_map(loglik, self.pixel_map, self.blur_sigma, stats)
             local = topk_mean(absolute_nll_map(loglik, self.blur_sigma), self.topk)
-            glob = self.knn_distance(feats[3], knn_skip) if self.image_score == "local_knn" else nll_per_dim(out)
+            if self.image_score == "local_knn":
+                glob, neighbours = self.knn_evidence(feats[3], knn_skip)
+                if neighbours is not None:
+                    local = local - self.knn_local[neighbours].mean(1).to(local.dtype)
+            else:
+                glob = nll_per_dim(out)
             evidence = torch.stack([local, glob.to(local.dtype)], 1)
         return Prediction(self.standardised_sum(evidence), pixel, out.concept, out.codes, evidence)
 
@@ -127,15 +139,22 @@ class Detector(nn.Module):
         """(B, C) unit-length spatial mean of the last backbone stage: what the k-NN term compares."""
         return nn.functional.normalize(f4.mean(dim=(2, 3)), dim=1)
 
-    def knn_distance(self, f4: torch.Tensor, skip: int = 0) -> torch.Tensor:
+    def knn_evidence(self, f4: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B,) Euclidean distance of each image's global feature to its (`knn_k` + `skip`)-th
-        nearest one in `knn_bank` (skip 1: leave a training image's own entry out)."""
+        nearest one in `knn_bank`, and (B, `local_neighbours`) the bank rows of its nearest ones
+        (None without `knn_local`); skip 1 leaves a training image's own entry out."""
         bank = self.knn_bank
         if bank.numel() == 0:
             raise VQFlowError("score.image_score=local_knn needs the training normals' features; calibrate first")
         sim = self.global_feature(f4) @ bank.t()
-        kth = torch.topk(sim, min(self.knn_k + skip, bank.shape[0]), dim=1).values[:, -1]
-        return (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
+        n = bank.shape[0]
+        near = min(max(self.knn_k, self.local_neighbours) + skip, n)
+        values, rows = torch.topk(sim, near, dim=1)
+        kth = values[:, min(self.knn_k + skip, n) - 1]
+        distance = (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
+        if self.local_neighbours <= 0 or self.knn_local.numel() == 0 or n <= skip:
+            return distance, None
+        return distance, rows[:, skip : min(self.local_neighbours + skip, n)]
 
     def standardised_sum(self, evidence: torch.Tensor) -> torch.Tensor:
         """The image score from its components (B, K): sum_k (e_k - center_k) / scale_k with the
