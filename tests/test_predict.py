@@ -238,7 +238,8 @@ def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_r
     """Recomputed from scratch: the k-NN bank is the training normals' unit-length mean f4
     feature; each image's k-NN part is its distance to the k-th nearest bank entry (a training
     normal's own entry left out), found by scikit-learn; the held-out normals' evidence gives the
-    saved centre and scale, and the run's thresholds are the concept rule on those scores."""
+    saved centre and scale, and the run's thresholds are the concept rule on those scores. The
+    local part is relative: minus the mean local part of the image's local_neighbours nearest."""
     from sklearn.neighbors import NearestNeighbors
 
     from vqflow.calibration import TAIL_IMAGES, concept_thresholds, standardisation
@@ -349,3 +350,24 @@ def test_a_run_calibrated_before_the_combined_score_keeps_the_map_score(tiny_run
 
     ref = score_batch(loglik, det.image_map, det.pixel_map, det.topk, det.blur_sigma)
     assert torch.allclose(pred.score, ref.score)
+
+
+def test_a_run_without_the_training_normals_local_parts_scores_the_absolute_local_part(tiny_run):
+    """Runs calibrated before score.local_neighbours carry no knn_local: their local part stays absolute."""
+    from vqflow.data import ImageDataset, load_data
+    from vqflow.data.sample import collate
+    from vqflow.model.scores import absolute_nll_map, log_likelihood_maps, topk_mean
+
+    tr = load_run(tiny_run, "cpu")
+    det, size = tr.detector, (tr.cfg.data.image_size, tr.cfg.data.image_size)
+    ds = ImageDataset(
+        load_data(tr.cfg.data.specs, tr.cfg.data.classes, tr.cfg.data.normal).test, tr.cfg.data.image_size
+    )
+    with torch.no_grad():
+        feats = det.features(collate([ds[0], ds[1]]).image)
+        absolute = topk_mean(absolute_nll_map(log_likelihood_maps(det.head(feats).u, size), det.blur_sigma), det.topk)
+        relative = det.predict_features(feats, size).evidence[:, 0]
+        det.knn_local = torch.zeros(0)
+        older = det.predict_features(feats, size).evidence[:, 0]
+    assert older.numpy() == pytest.approx(absolute.numpy(), rel=1e-5, abs=1e-6)
+    assert not np.allclose(relative.numpy(), absolute.numpy())

@@ -140,6 +140,8 @@ def _sidecar(tr: TrainedRun) -> Sidecar:
                 "image_score": tr.detector.image_score,
                 "knn_k": tr.detector.knn_k,
                 "knn_bank_images": int(tr.detector.knn_bank.shape[0]),
+                # 0 where the run was calibrated without the training normals' local parts (absolute)
+                "local_neighbours": tr.detector.local_neighbours if tr.detector.knn_local.numel() else 0,
                 "image_map": s.image_map,
                 "pixel_map": s.pixel_map,
                 "topk": s.topk,
