@@ -83,6 +83,15 @@ SETS: dict[str, tuple[Callable[[Path], None] | None, list[str]]] = {
 }
 
 
+def build_once(builder: Callable[[Path], None], folder: Path) -> Path:
+    """`folder`, written by `builder` beside it and renamed into place the first time (reused after)."""
+    if not folder.exists():
+        tmp = folder.with_suffix(".tmp")
+        builder(tmp)
+        tmp.rename(folder)
+    return folder
+
+
 def fit(name: str, out: Path, epochs: int, seed: int) -> Path:
     """Fit the set once (as `vqflow fit` does); returns the run folder."""
     builder, extra = SETS[name]
@@ -91,11 +100,7 @@ def fit(name: str, out: Path, epochs: int, seed: int) -> Path:
         return run
     spec = "demo"
     if builder is not None:
-        data = out / f"data_{name}"
-        if not data.exists():
-            tmp = data.with_suffix(".tmp")
-            builder(tmp)
-            tmp.rename(data)
+        data = build_once(builder, out / f"data_{name}")
         spec = f"folder:{data / 'fmnist'}" if name == "fmnist" else f"mvtec:{data}"
     cmd = [sys.executable, "-m", "vqflow", "fit", "--data", spec, "--epochs", str(epochs), "--seed", str(seed)]
     cmd += [*extra, "--out", str(run), "--quiet"]

@@ -143,7 +143,7 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
     cpu = torch.device("cpu")
     passes = {"train": backbone_pass(train)}  # the k-NN bank and the training part share one pass
     det.knn_bank = knn_bank(passes["train"][0], 16, cpu)
-    det.knn_k = KNN_K
+    det.knn_k, det.local_neighbours = KNN_K, max(NEIGHBOURS)  # knn_evidence's distance and neighbour rows
     out: dict[str, dict[str, np.ndarray]] = {}
     for part, recs in (("train", train), ("val", val), ("test", test)):
         rows: dict[str, list] = {k: [] for k in (*COMPONENTS, "neighbours", "concept", "cls", "label")}
@@ -153,10 +153,8 @@ def evidence(run: Path, workdir: Path, test_data: str | None = None) -> dict[str
             for paths, classes, labels in batches:
                 feats = source.get(torch.arange(start, start + len(labels)), cpu)
                 start += len(labels)
-                skip = int(part == "train")
-                rows["knn"] += det.knn_evidence(feats[3], skip)[0].tolist()
-                sim = det.global_feature(feats[3]) @ det.knn_bank.t()
-                near = torch.topk(sim, min(max(NEIGHBOURS) + skip, sim.shape[1]), dim=1).indices[:, skip:]
+                distance, near = det.knn_evidence(feats[3], int(part == "train"))
+                rows["knn"] += distance.tolist()
                 rows["neighbours"] += near.tolist()
                 head = det.head(feats)
                 y, y_hat, concept, _ = det.head._concept(feats[3])

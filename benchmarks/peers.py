@@ -253,12 +253,7 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
             "subset_seed": FMNIST_DATA_SEED,
         }
     elif args.data == "dev":  # development data: calibration.py's other draw of the demo generator
-        folder = workdir / "data" / "dev"
-        if not folder.exists():
-            tmp = folder.with_suffix(".tmp")
-            calibration.build_dev(tmp)
-            tmp.rename(folder)
-        spec = f"mvtec:{folder}"
+        spec = f"mvtec:{calibration.build_once(calibration.build_dev, workdir / 'data' / 'dev')}"
     else:
         spec = args.data  # demo, or a data spec read as `vqflow fit --data` reads it
     classes = args.classes.split(",") if args.classes else None

@@ -127,7 +127,7 @@ class Detector(nn.Module):
             local = topk_mean(absolute_nll_map(loglik, self.blur_sigma), self.topk)
             if self.image_score == "local_knn":
                 glob, neighbours = self.knn_evidence(feats[3], knn_skip)
-                if neighbours is not None:
+                if self.knn_local.numel() and neighbours.shape[1]:
                     local = local - self.knn_local[neighbours].mean(1).to(local.dtype)
             else:
                 glob = nll_per_dim(out)
@@ -139,10 +139,11 @@ class Detector(nn.Module):
         """(B, C) unit-length spatial mean of the last backbone stage: what the k-NN term compares."""
         return nn.functional.normalize(f4.mean(dim=(2, 3)), dim=1)
 
-    def knn_evidence(self, f4: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def knn_evidence(self, f4: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) Euclidean distance of each image's global feature to its (`knn_k` + `skip`)-th
-        nearest one in `knn_bank`, and (B, `local_neighbours`) the bank rows of its nearest ones
-        (None without `knn_local`); skip 1 leaves a training image's own entry out."""
+        nearest one in `knn_bank`, and (B, L) the bank rows of its `local_neighbours` nearest ones
+        (L fewer where the bank is smaller; 0 columns when local_neighbours is 0); skip 1 leaves a
+        training image's own entry out. Without `knn_local` the local part ignores the rows."""
         bank = self.knn_bank
         if bank.numel() == 0:
             raise VQFlowError("score.image_score=local_knn needs the training normals' features; calibrate first")
@@ -152,9 +153,7 @@ class Detector(nn.Module):
         values, rows = torch.topk(sim, near, dim=1)
         kth = values[:, min(self.knn_k + skip, n) - 1]
         distance = (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
-        if self.local_neighbours <= 0 or self.knn_local.numel() == 0 or n <= skip:
-            return distance, None
-        return distance, rows[:, skip : min(self.local_neighbours + skip, n)]
+        return distance, rows[:, skip : skip + max(self.local_neighbours, 0)]
 
     def standardised_sum(self, evidence: torch.Tensor) -> torch.Tensor:
         """The image score from its components (B, K): sum_k (e_k - center_k) / scale_k with the
