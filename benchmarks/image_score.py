@@ -52,7 +52,7 @@ import torch
 
 # A sibling in benchmarks/ (not a package): on sys.path when this file runs as a script.
 import calibration
-from vqflow.calibration import TAIL_IMAGES
+from vqflow.calibration import TAIL_FIT, TAIL_IMAGES
 from vqflow.config import ScoreConfig
 
 # The absolute NLL map's top-k mean at other fractions and blurs (fraction / blur sigma in px).
@@ -245,7 +245,12 @@ def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> di
 
 
 def judge(
-    ev: dict[str, dict[str, np.ndarray]], score: dict[str, np.ndarray], quantile: float, prior: float, tail_images: int
+    ev: dict[str, dict[str, np.ndarray]],
+    score: dict[str, np.ndarray],
+    quantile: float,
+    prior: float,
+    tail_images: int,
+    tail_fit: int = TAIL_FIT,
 ) -> dict:
     """Image AUROC per class, and per-class false alarms / defects caught at the calibrated thresholds."""
     from sklearn.metrics import roc_auc_score
@@ -254,7 +259,9 @@ def judge(
 
     tr, va, te = ev["train"], ev["val"], ev["test"]
     val_score, val_concept = (score["val"], va["concept"]) if len(va["rel"]) else (score["train"], tr["concept"])
-    glob, per = concept_thresholds(score["train"], tr["concept"], val_score, val_concept, quantile, prior, tail_images)
+    glob, per = concept_thresholds(
+        score["train"], tr["concept"], val_score, val_concept, quantile, prior, tail_images, tail_fit
+    )
     thr = np.array([per.get(int(c), glob) for c in te["concept"]])
     flagged = score["test"] > thr
     auroc, fa = {}, {}
@@ -281,9 +288,11 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ({min(values):.1f}..{max(values):.1f})"
 
 
-def judge_runs(per_run: dict, parts: tuple[str, ...], quantile: float, prior: float, tail_images: int) -> dict:
+def judge_runs(
+    per_run: dict, parts: tuple[str, ...], quantile: float, prior: float, tail_images: int, tail_fit: int = TAIL_FIT
+) -> dict:
     """One candidate judged on every run: the runs' results and each number's mean (min..max)."""
-    judged = [judge(ev, combined(ev, parts), quantile, prior, tail_images) for ev in per_run.values()]
+    judged = [judge(ev, combined(ev, parts), quantile, prior, tail_images, tail_fit) for ev in per_run.values()]
     keys = ("auroc", "worst_false_alarms", "all_false_alarms", "caught")
     return {"per_run": judged, **{k: spread([j[k] for j in judged]) for k in keys}}
 
@@ -324,6 +333,12 @@ def main(argv: list[str] | None = None) -> None:
         default=TAIL_IMAGES,
         help="training normals a concept needs before its own tail bounds its threshold (0: pooled margin only)",
     )
+    ap.add_argument(
+        "--tail-fit",
+        type=int,
+        default=TAIL_FIT,
+        help="largest values the thresholds' exponential tail is fitted to (0: numpy's linear quantile)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if args.build_fmnist_dev and not args.build_fmnist_dev[1].exists():
@@ -331,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     per_run = {run.name: evidence(run, args.workdir, args.test_data) for run in args.runs}
     table = {}
     for name, parts in CANDIDATES.items():
-        table[name] = judge_runs(per_run, parts, args.quantile, args.prior, args.tail_images)
+        table[name] = judge_runs(per_run, parts, args.quantile, args.prior, args.tail_images, args.tail_fit)
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     lines = [
         f"# Image scores on {args.name} (benchmarks/image_score.py)",
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {platform.platform()}, torch {torch.__version__}  ",
         f"Runs (one per seed): {', '.join(str(r) for r in args.runs)}  ",
         f"Thresholds: calibration.concept_thresholds, quantile {args.quantile}, prior {args.prior}, "
-        f"tail images {args.tail_images}",
+        f"tail images {args.tail_images}, tail fit {args.tail_fit}",
         "",
         "Mean (min..max) over the runs, in %:",
         "",
@@ -350,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     lines += [f"| {k} | {v['auroc']} | {v['worst_false_alarms']} | {v['caught']} |" for k, v in table.items()]
     working = {
-        str(q): judge_runs(per_run, CANDIDATES[DEFAULT], q, args.prior, args.tail_images) for q in args.working_points
+        str(q): judge_runs(per_run, CANDIDATES[DEFAULT], q, args.prior, args.tail_images, args.tail_fit)
+        for q in args.working_points
     }
     if working:
         lines += [

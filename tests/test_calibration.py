@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vqflow.calibration import Calibration, concept_thresholds, standardisation
+from vqflow.calibration import Calibration, concept_thresholds, standardisation, tail_quantile
 from vqflow.config import from_dict, preset, set_key
 from vqflow.errors import VQFlowError
 
@@ -23,7 +23,7 @@ def test_thresholds_follow_each_concepts_typical_score():
     ts, tc = _sample(rng, offsets, 600)
     vs, vc = _sample(rng, offsets, 60)
     prior, q = 20.0, 0.9
-    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0)
+    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0, tail_fit=0)
     pooled = np.median(ts)
     expect = {}
     for k in offsets:
@@ -56,8 +56,8 @@ def test_a_concept_that_varies_more_keeps_its_threshold_above_its_own_training_t
     ts, tc = draw(200, 0.0)
     vs, vc = draw(10, 0.1)  # held-out normals score higher than the training ones
     q, prior = 0.99, 20.0
-    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=20)
-    thr0, per0 = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0)
+    thr, per = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=20, tail_fit=0)
+    thr0, per0 = concept_thresholds(ts, tc, vs, vc, q, prior, tail_images=0, tail_fit=0)
     assert thr == thr0
     pooled, offsets = np.median(ts), {}
     for k in (0, 1, 2, 3):
@@ -81,8 +81,46 @@ def test_a_huge_prior_gives_one_global_threshold():
     ts, tc = _sample(rng, {0: 0.2, 1: 0.7}, 200)
     vs, vc = _sample(rng, {0: 0.2, 1: 0.7}, 40)
     thr, per = concept_thresholds(ts, tc, vs, vc, 0.99, 1e12, tail_images=0)
-    assert thr == pytest.approx(np.quantile(vs, 0.99))
+    assert thr == pytest.approx(tail_quantile(vs, 0.99))
     assert all(v == pytest.approx(thr) for v in per.values())
+
+
+def test_tail_quantile_fits_an_exponential_to_the_largest_values_of_a_small_sample():
+    """Against scipy: the exponential's scale is the maximum-likelihood fit to the top values'
+    excesses over the next one, and the quantile extrapolates their exceedance rate (top / n)."""
+    from scipy.stats import expon
+
+    x = np.random.default_rng(4).gamma(2.0, size=30)
+    q, top = 0.99, 5
+    s = np.sort(x)
+    u = s[-top - 1]
+    _, scale = expon.fit(s[-top:] - u, floc=0)
+    assert tail_quantile(x, q, top) == pytest.approx(u + expon.isf((1 - q) * len(x) / top, scale=scale))
+    assert tail_quantile(x, q, top) > s[-1] > np.quantile(x, q)  # past the largest held-out value
+    # Where the sample holds `top` values above the quantile, or with top 0, numpy's linear quantile.
+    big = np.random.default_rng(5).normal(size=1000)
+    assert tail_quantile(big, q, top) == np.quantile(big, q)
+    assert tail_quantile(x, q, 0) == np.quantile(x, q)
+    assert tail_quantile(x, 1.0, top) == s[-1]
+    assert tail_quantile([0.3], q, top) == 0.3
+
+
+@pytest.mark.parametrize("dist", ["exponential", "normal", "lognormal", "t5"])
+def test_tail_quantile_keeps_false_alarms_near_nominal_where_the_linear_quantile_does_not(dist):
+    """New normals exchangeable with 30 held-out ones exceed numpy's linear 0.99 quantile about
+    4% of the time (it falls between the two largest); the fitted tail's threshold 1-2.5%."""
+    from scipy import stats
+
+    law = {"exponential": stats.expon(), "normal": stats.norm(), "lognormal": stats.lognorm(1.0), "t5": stats.t(5)}[
+        dist
+    ]
+    rng = np.random.default_rng(6)
+    samples = law.rvs(size=(1000, 30), random_state=rng)
+    linear = law.sf(np.quantile(samples, 0.99, axis=1))
+    fitted = law.sf(np.array([tail_quantile(x, 0.99) for x in samples]))
+    assert linear.mean() > 0.03
+    assert fitted.mean() < 0.75 * linear.mean()
+    assert 0.005 < np.median(fitted) < 0.02
 
 
 def test_unseen_concept_gets_the_global_threshold():

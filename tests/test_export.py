@@ -165,10 +165,11 @@ def test_calibration_round_trip_and_the_0_1_0_layout():
         stats=ScoreStats(1.0, 2.0, [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]),
         concept_classes={3: "brick"},
         tail_images=20,
+        tail_fit=5,
     )
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
-    before_floor = {k: v for k, v in cal.to_dict().items() if k != "tail_images"}
-    assert Calibration.from_dict(before_floor).tail_images == 0
+    before_floor = {k: v for k, v in cal.to_dict().items() if k not in ("tail_images", "tail_fit")}
+    assert Calibration.from_dict(before_floor).tail_images == Calibration.from_dict(before_floor).tail_fit == 0
     old = {
         "stats": None,
         "map_range": [0.0, 2.0],

@@ -242,7 +242,7 @@ def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_r
     local part is relative: minus the mean local part of the image's local_neighbours nearest."""
     from sklearn.neighbors import NearestNeighbors
 
-    from vqflow.calibration import TAIL_IMAGES, concept_thresholds, standardisation
+    from vqflow.calibration import TAIL_FIT, TAIL_IMAGES, concept_thresholds, standardisation
     from vqflow.data import ImageDataset, load_data
     from vqflow.data.sample import collate
     from vqflow.engine.fit import split_validation
@@ -301,6 +301,7 @@ def test_calibration_standardises_the_image_score_on_the_held_out_normals(tiny_r
     )
     assert cal.threshold == pytest.approx(glob, rel=1e-4, abs=1e-5)
     assert cal.tail_images == TAIL_IMAGES > 0
+    assert cal.tail_fit == TAIL_FIT > 0
     assert set(cal.concept_thresholds) == set(per)
     for key, v in per.items():
         assert cal.concept_thresholds[key] == pytest.approx(v, rel=1e-4, abs=1e-5)

@@ -368,7 +368,7 @@ def test_per_concept_thresholds_rank_mistakes_and_show_in_captions(built) -> Non
 
 def test_verdict_rule_names_the_training_tail_floor_only_where_fit_applied_it(built, tmp_path: Path) -> None:
     """The page states the rule the thresholds were made with: a checkpoint calibrated before the
-    floor (tail_images 0) is not described with it."""
+    floor (tail_images 0) or the fitted tail (tail_fit 0) is not described with them."""
     _, page, _ = built
     assert "training normals" in _text(_section(page, "decisions"))
     assert "at least" not in _text(_section(page, "decisions"))
@@ -376,6 +376,10 @@ def test_verdict_rule_names_the_training_tail_floor_only_where_fit_applied_it(bu
     data.calibration.tail_images = 20
     text = _text(_section(write_report(tmp_path, data).read_text(encoding="utf-8"), "decisions"))
     assert "A concept with at least 20 training normals keeps its threshold at or above" in text
+    assert "exponential tail" not in text
+    data.calibration.tail_fit = 5
+    text = _text(_section(write_report(tmp_path, data).read_text(encoding="utf-8"), "decisions"))
+    assert "read from an exponential tail fitted to the 5 highest" in text
 
 
 def test_heatmap_tiles_carry_the_colour_bar(built) -> None:

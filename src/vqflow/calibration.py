@@ -77,6 +77,25 @@ def concept_excess(scores: Any, concepts: Any, pooled: float, offsets: dict[int,
 
 
 TAIL_IMAGES = 20  # training normals a concept needs before its own tail bounds its threshold
+TAIL_FIT = 5  # largest values an exponential tail is fitted to when a sample is too small for its quantile
+
+
+def tail_quantile(values: Any, q: float, top: int = TAIL_FIT) -> float:
+    """The `q` quantile of `values`, from an exponential tail fitted to the `top` largest where
+    fewer than `top` values are expected above it (peaks over threshold); `top` 0: numpy's linear
+    quantile.
+
+    With a few dozen held-out normals the linear 0.99 quantile falls between the two largest,
+    on average well below the population's: new normals then exceed it more often than 1 - q.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    m = min(top, n - 1)
+    if m < 1 or q >= 1 or n * (1 - q) >= m:
+        return float(np.quantile(x, q))
+    u = x[n - m - 1]  # the threshold the top m exceed
+    beta = float(np.mean(x[n - m :] - u))  # the exponential's scale (maximum likelihood)
+    return float(u + beta * math.log(m / (n * (1 - q))))
 
 
 def concept_thresholds(
@@ -87,6 +106,7 @@ def concept_thresholds(
     quantile: float,
     prior: float,
     tail_images: int = TAIL_IMAGES,
+    tail_fit: int = TAIL_FIT,
 ) -> tuple[float, dict[int, float]]:
     """Verdict thresholds per learned concept: (global threshold, {concept: threshold}).
 
@@ -100,10 +120,12 @@ def concept_thresholds(
     also keeps its threshold above the `quantile` of its own training normals' scores, raised by
     how far held-out normals sit above training ones (the median excess, the model having seen
     the training normals). benchmarks/results/calibration_*.md compares this rule with others.
+
+    Both quantiles are `tail_quantile`s (`tail_fit` the values its tail is fitted to; 0: linear).
     """
     pooled, offsets = concept_offsets(train_scores, train_concepts, prior)
     excess = concept_excess(val_scores, val_concepts, pooled, offsets)
-    margin = float(np.quantile(excess, quantile))
+    margin = tail_quantile(excess, quantile, tail_fit)
     per = {k: off + margin for k, off in offsets.items()}
     if tail_images > 0:
         gap = max(float(np.median(excess)), 0.0)
@@ -111,7 +133,7 @@ def concept_thresholds(
         for k in per:
             own = ts[tc == k]
             if len(own) >= tail_images:
-                per[k] = max(per[k], float(np.quantile(own, quantile)) + gap)
+                per[k] = max(per[k], tail_quantile(own, quantile, tail_fit) + gap)
     return pooled + margin, per
 
 
@@ -124,8 +146,8 @@ class Calibration:
     `map_range` is the heatmap colour range (typical to most anomalous normal pixel), shared
     by the report and `vqflow predict` so that a colour means the same score in both.
     `score_center` and `score_scale` standardise the image score's components (score.image_score
-    "local_knn" or "combined"); empty: the score is their plain sum. `tail_images` is the rule's
-    training-tail floor (concept_thresholds).
+    "local_knn" or "combined"); empty: the score is their plain sum. `tail_images` (the
+    training-tail floor) and `tail_fit` (the quantile estimator) are concept_thresholds' settings.
     """
 
     threshold: float = math.nan
@@ -139,6 +161,7 @@ class Calibration:
     score_center: list[float] = field(default_factory=list)
     score_scale: list[float] = field(default_factory=list)
     tail_images: int = 0  # concept_thresholds' training-tail floor (0: none, as in older checkpoints)
+    tail_fit: int = 0  # values tail_quantile fits its tail to (0: the linear quantile, as in older checkpoints)
 
     @property
     def ready(self) -> bool:
@@ -200,6 +223,7 @@ class Calibration:
                 score_center=[float(v) for v in d.get("score_center", [])],
                 score_scale=[float(v) for v in d.get("score_scale", [])],
                 tail_images=int(d.get("tail_images", 0)),
+                tail_fit=int(d.get("tail_fit", 0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise VQFlowError(f"{where} is damaged ({type(e).__name__}: {e}); export or fit the run again") from None

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from vqflow.calibration import (
+    TAIL_FIT,
     TAIL_IMAGES,
     Calibration,
     ScoreStats,
@@ -105,7 +106,7 @@ def calibrate(
     center, scale = standardisation(ev) if det.image_score != "map" else ([], [])
     train_score, score = standardised_sum(train_ev, center, scale), standardised_sum(ev, center, scale)
     threshold, per_concept = concept_thresholds(
-        train_score, train_concepts, score, concept, quantile, concept_prior, TAIL_IMAGES
+        train_score, train_concepts, score, concept, quantile, concept_prior, TAIL_IMAGES, TAIL_FIT
     )
     votes: dict[int, Counter] = {}
     for c, cls in zip(train_concepts.tolist(), train_classes):
@@ -124,5 +125,6 @@ def calibrate(
         score_center=center,
         score_scale=scale,
         tail_images=TAIL_IMAGES,
+        tail_fit=TAIL_FIT,
     )
     return det.calibration

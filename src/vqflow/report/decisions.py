@@ -211,6 +211,12 @@ def rule_text(d: Decisions) -> str:
             "quantile of its own training normals' scores, plus how far the held-out normals score above their "
             "concepts' typical scores (median): a concept whose normals vary more gets a wider margin."
         )
+    if cal.tail_fit:
+        text += (
+            f" Where fewer than {cal.tail_fit} of those normals are expected above a quantile, it is read from an "
+            f"exponential tail fitted to the {cal.tail_fit} highest: a few dozen images' plain quantile falls between "
+            "the largest two and flags new normals more often than it says."
+        )
     if cal.concept_thresholds:
         values = list(cal.concept_thresholds.values())
         used = "some test images are judged by them" if d.per_concept else "no test image falls in those concepts"
