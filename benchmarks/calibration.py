@@ -5,7 +5,9 @@
     python benchmarks/calibration.py --set-name fmnist --epochs 20   # and here
 
 Sets: `dev` is another draw of the demo generator (other crops and defects of the demo
-textures, seed 2) plus two textures the demo does not use (moon, retina); `demo` is `vqflow demo`'s set;
+textures, seed 2) plus two textures the demo does not use (moon, retina); `holdout` the same generator
+on five other pictures (seed 3), kept for checking defaults, never for choosing them; `demo` is
+`vqflow demo`'s set;
 `fmnist` is Fashion-MNIST unified {0-4} with PER_CLASS training images per garment, one
 class folder whose file names keep each image's garment. Each set is fitted once (as
 `vqflow fit` does, last epoch), then every threshold rule is applied to the same scores:
@@ -51,6 +53,28 @@ def build_dev(root: Path) -> None:
         demo._write_class(root / name, textures[name], textures[names[(k + 1) % len(names)]], rng)
 
 
+# skimage.data pictures that neither the demo nor `dev` uses: no default was chosen on them.
+HOLDOUT = {
+    "hubble": ("hubble_deep_field", None),
+    "cell": ("cell", (0.85, 0.95, 1.0)),
+    "coins": ("coins", (1.0, 0.9, 0.7)),
+    "camera": ("camera", (0.9, 0.9, 0.9)),
+    "coffee": ("coffee", None),
+}
+
+
+def build_holdout(root: Path) -> None:
+    """The demo generator on five pictures it has never drawn from (seed 3): a check of the
+    defaults on data that none of them was chosen on."""
+    from vqflow.data import demo
+
+    textures = {name: demo.load_texture(fn, tint) for name, (fn, tint) in HOLDOUT.items()}
+    names = list(textures)
+    for k, name in enumerate(names):
+        rng = np.random.default_rng([3, k])
+        demo._write_class(root / name, textures[name], textures[names[(k + 1) % len(names)]], rng)
+
+
 def _idx(path: Path) -> np.ndarray:
     raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
     ndim = raw[3]
@@ -78,6 +102,7 @@ def build_fmnist(root: Path, normal: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
 
 SETS: dict[str, tuple[Callable[[Path], None] | None, list[str]]] = {
     "dev": (build_dev, []),
+    "holdout": (build_holdout, []),
     "demo": (None, []),
     "fmnist": (build_fmnist, ["--set", "data.image_size=64"]),
 }

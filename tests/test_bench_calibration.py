@@ -28,3 +28,18 @@ def test_tail_margins_find_the_gaussian_quantile_above_each_concepts_offset(kind
     assert per[0] == pytest.approx(0.5 + 2.326, abs=0.08)
     assert per[1] == pytest.approx(3.5 + 2.326, abs=0.08)
     assert thr == pytest.approx(np.median(tr["score"]) + 0.5 + 2.326, abs=0.08)
+
+
+def test_the_holdout_set_draws_on_pictures_the_demo_and_dev_never_use():
+    """A check of the defaults means nothing on data they were chosen on: every holdout picture
+    ships in scikit-image's wheel (no download) and none is one of the demo's or dev's."""
+    import skimage.data
+
+    from vqflow.data import demo
+
+    used = {fn for fn, _ in demo.TEXTURES.values()} | {"moon", "retina"}
+    pictures = {fn for fn, _ in calibration.HOLDOUT.values()}
+    assert not pictures & used
+    for fn in pictures:
+        picture = getattr(skimage.data, fn)()
+        assert min(picture.shape[:2]) >= demo.WINDOW  # room for the generator's crops
