@@ -47,9 +47,16 @@ def build_dev(root: Path) -> None:
     textures = {name: demo.load_texture(fn, tint) for name, (fn, tint) in demo.TEXTURES.items()}
     textures["moon"] = demo.load_texture("moon", (0.9, 0.9, 1.0))
     textures["retina"] = demo.load_texture("retina", None)
+    _draw(root, textures, seed=2)
+
+
+def _draw(root: Path, textures: dict[str, np.ndarray], seed: int) -> None:
+    """The demo generator's classes on `textures` (each class's defects take the next one's picture)."""
+    from vqflow.data import demo
+
     names = list(textures)
     for k, name in enumerate(names):
-        rng = np.random.default_rng([2, k])
+        rng = np.random.default_rng([seed, k])
         demo._write_class(root / name, textures[name], textures[names[(k + 1) % len(names)]], rng)
 
 
@@ -68,11 +75,7 @@ def build_holdout(root: Path) -> None:
     defaults on data that none of them was chosen on."""
     from vqflow.data import demo
 
-    textures = {name: demo.load_texture(fn, tint) for name, (fn, tint) in HOLDOUT.items()}
-    names = list(textures)
-    for k, name in enumerate(names):
-        rng = np.random.default_rng([3, k])
-        demo._write_class(root / name, textures[name], textures[names[(k + 1) % len(names)]], rng)
+    _draw(root, {name: demo.load_texture(fn, tint) for name, (fn, tint) in HOLDOUT.items()}, seed=3)
 
 
 def _idx(path: Path) -> np.ndarray:

@@ -111,9 +111,8 @@ def test_tail_quantile_keeps_false_alarms_near_nominal_where_the_linear_quantile
     4% of the time (it falls between the two largest); the fitted tail's threshold 1-2.5%."""
     from scipy import stats
 
-    law = {"exponential": stats.expon(), "normal": stats.norm(), "lognormal": stats.lognorm(1.0), "t5": stats.t(5)}[
-        dist
-    ]
+    laws = {"exponential": stats.expon(), "normal": stats.norm(), "lognormal": stats.lognorm(1.0), "t5": stats.t(5)}
+    law = laws[dist]
     rng = np.random.default_rng(6)
     samples = law.rvs(size=(1000, 30), random_state=rng)
     linear = law.sf(np.quantile(samples, 0.99, axis=1))
