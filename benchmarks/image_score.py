@@ -30,7 +30,8 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
 - sums of components, each standardised by the held-out normals (median, and the spread
   between their 5% and 95% quantiles); |c| counts component c two-sided, by its distance from
-  the normals' median in either direction (a typicality test); no test label enters any score.
+  the normals' median in either direction (a typicality test), pos(c) only above that median;
+  max(...) takes the largest standardised component instead of the sum; no test label enters any score.
 
 Out: image AUROC per class (mean over classes and its per-seed values), and at the
 calibrated thresholds (calibration.concept_thresholds, the quantile of score.threshold_quantile)
@@ -100,6 +101,12 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     # the local part relative to the K nearest training normals' (by global feature; score.local_neighbours)
     **{f"abs_topk-nn{k}": (f"abs_topk-nn{k}",) for k in NEIGHBOURS},
     **{f"abs_topk-nn{k}+knn": (f"abs_topk-nn{k}", "knn") for k in NEIGHBOURS},
+    # the two parts of local_knn joined otherwise: the larger of the two, or the k-NN part only
+    # where it lies above the held-out normals' median (a local defect's global feature is typical)
+    "max(abs_topk-nn3,knn)": ("max", "abs_topk-nn3", "knn"),
+    "abs_topk-nn3+pos(knn)": ("abs_topk-nn3", "pos(knn)"),
+    # or the k-NN part weighed less than the local one
+    **{f"abs_topk-nn3+{w}*knn": ("abs_topk-nn3", f"{w}*knn") for w in (0.25, 0.5, 0.75)},
 }
 
 
@@ -227,19 +234,25 @@ def component(ev: dict[str, dict[str, np.ndarray]], part: str, name: str) -> np.
 
 def combined(ev: dict[str, dict[str, np.ndarray]], parts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The candidate's score per part: its components standardised by the held-out normals, then
-    summed (or, for ("max", ...), their maximum); a component "|c|" counts as |z|."""
+    summed (or, for ("max", ...), their maximum); a component "|c|" counts as |z|, "pos(c)" as
+    max(z, 0), "w*c" as w z."""
     from vqflow.calibration import standardisation
 
     ref = "val" if len(ev["val"]["rel"]) else "train"
     use_max = parts[0] == "max"
     names = list(parts[1:] if use_max else parts)
+    weight = np.array([float(n.split("*")[0]) if "*" in n else 1.0 for n in names])
+    names = [n.split("*")[-1] for n in names]
     two_sided = np.array([n.startswith("|") for n in names])
-    names = [n.strip("|") for n in names]
+    positive = np.array([n.startswith("pos(") for n in names])
+    names = [n.strip("|").removeprefix("pos(").removesuffix(")") for n in names]
     center, scale = standardisation(np.stack([component(ev, ref, c) for c in names], 1))  # as calibrate does
     out = {}
     for part in ev:
         z = (np.stack([component(ev, part, c) for c in names], 1) - center) / scale
         z = np.where(two_sided, np.abs(z), z)
+        z = np.where(positive, np.maximum(z, 0.0), z)
+        z = z * weight
         out[part] = z.max(1) if use_max else z.sum(1)
     return out
 
