@@ -30,8 +30,9 @@ held-out normals, test images; cached in WORKDIR) and every candidate image scor
 - abs@K/S: the absolute map's top-K mean at blur sigma S px (a sweep of both);
 - sums of components, each standardised by the held-out normals (median, and the spread
   between their 5% and 95% quantiles); |c| counts component c two-sided, by its distance from
-  the normals' median in either direction (a typicality test), pos(c) only above that median;
-  max(...) takes the largest standardised component instead of the sum; no test label enters any score.
+  the normals' median in either direction (a typicality test), pos(c) only above that median,
+  w*c weighed by w; max(...) takes the largest standardised component instead of the sum; no
+  test label enters any score.
 
 Out: image AUROC per class (mean over classes and its per-seed values), and at the
 calibrated thresholds (calibration.concept_thresholds, the quantile of score.threshold_quantile)
