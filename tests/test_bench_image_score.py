@@ -41,6 +41,23 @@ def test_a_two_sided_component_counts_its_distance_from_the_normals_median():
     assert score[0] > score[4] < score[8]  # far below the normals is as suspicious as far above
 
 
+def test_positive_weighed_and_max_joins_follow_their_definitions():
+    rng = np.random.default_rng(2)
+    val = {"rel": rng.normal(size=40), "a": rng.normal(size=40), "b": rng.normal(1.0, 2.0, size=40)}
+    test = {"rel": rng.normal(size=9), "a": rng.normal(size=9), "b": np.linspace(-8, 8, 9)}
+    ev = {"val": val, "test": test}
+
+    def z(name, x):
+        lo, mid, hi = np.quantile(val[name], [0.05, 0.5, 0.95])
+        return (x - mid) / (hi - lo)
+
+    za, zb = z("a", test["a"]), z("b", test["b"])
+    np.testing.assert_allclose(image_score.combined(ev, ("a", "pos(b)"))["test"], za + np.maximum(zb, 0.0))
+    np.testing.assert_allclose(image_score.combined(ev, ("a", "0.25*b"))["test"], za + 0.25 * zb)
+    np.testing.assert_allclose(image_score.combined(ev, ("max", "a", "b"))["test"], np.maximum(za, zb))
+    assert (zb < 0).any() and (zb > 0).any()  # both branches of pos() are exercised
+
+
 def test_an_idx_record_is_counted_under_its_garment(tmp_path):
     """A Fashion-MNIST record of the IDX loader ("fmnist:<images>#<index>") is grouped by the label
     beside its images file, a PNG of the benchmark's layout by its file name."""
