@@ -27,17 +27,18 @@ def test_training_indices_match_an_idx_subset_by_content_and_png_files_by_name(t
     assert image_score.training_indices(pngs, images) == {0, 5}
 
 
+def _z(normals: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x standardised by hand as the benchmark does: the normals' median, and their 5-95% spread."""
+    lo, mid, hi = np.quantile(normals, [0.05, 0.5, 0.95])
+    return (x - mid) / (hi - lo)
+
+
 def test_a_two_sided_component_counts_its_distance_from_the_normals_median():
     rng = np.random.default_rng(1)
     val = {"rel": rng.normal(size=40), "a": rng.normal(size=40), "b": rng.normal(2.0, 3.0, size=40)}
     test = {"rel": rng.normal(size=9), "a": rng.normal(size=9), "b": np.linspace(-10, 10, 9)}
     score = image_score.combined({"val": val, "test": test}, ("a", "|b|"))["test"]
-
-    def z(name, x):
-        lo, mid, hi = np.quantile(val[name], [0.05, 0.5, 0.95])
-        return (x - mid) / (hi - lo)
-
-    np.testing.assert_allclose(score, z("a", test["a"]) + np.abs(z("b", test["b"])))
+    np.testing.assert_allclose(score, _z(val["a"], test["a"]) + np.abs(_z(val["b"], test["b"])))
     assert score[0] > score[4] < score[8]  # far below the normals is as suspicious as far above
 
 
@@ -46,12 +47,7 @@ def test_positive_weighed_and_max_joins_follow_their_definitions():
     val = {"rel": rng.normal(size=40), "a": rng.normal(size=40), "b": rng.normal(1.0, 2.0, size=40)}
     test = {"rel": rng.normal(size=9), "a": rng.normal(size=9), "b": np.linspace(-8, 8, 9)}
     ev = {"val": val, "test": test}
-
-    def z(name, x):
-        lo, mid, hi = np.quantile(val[name], [0.05, 0.5, 0.95])
-        return (x - mid) / (hi - lo)
-
-    za, zb = z("a", test["a"]), z("b", test["b"])
+    za, zb = _z(val["a"], test["a"]), _z(val["b"], test["b"])
     np.testing.assert_allclose(image_score.combined(ev, ("a", "pos(b)"))["test"], za + np.maximum(zb, 0.0))
     np.testing.assert_allclose(image_score.combined(ev, ("a", "0.25*b"))["test"], za + 0.25 * zb)
     np.testing.assert_allclose(image_score.combined(ev, ("max", "a", "b"))["test"], np.maximum(za, zb))
